@@ -1,0 +1,579 @@
+//! The hybrid decoding engine: one loop that runs SLM-only, LLM-only, standard HLM, U-HLM,
+//! the uncertainty- and importance-aware HLM, CU-HLM, random skipping and classic speculative
+//! decoding, depending only on which components the configuration provides.
+//!
+//! Life of one drafted token (hybrid case):
+//! 1. sample `d` from the draft distribution `x` (temperature `T`);
+//! 2. feed `d` to the draft model: logits for the next position, and attention of the newest
+//!    position if the upload rule needs it;
+//! 3. the [`UploadRule`] decides: upload (verify) or skip;
+//! 4. an uploaded token is encoded by the [`UploadCodec`] and joins the current round; a skipped
+//!    one is appended without verification (and reaches the verifier as context with the
+//!    next upload, so its context stays complete);
+//! 5. a round is sent when it holds γ uploaded drafts (or, with `stop_drafting`, when the filter
+//!    flags a token or γ drafts are pending), at EOS, or at the length limit; the verifier
+//!    answers with accept/resample verdicts, and both models roll back to the last accepted
+//!    position.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{FilterAction, GenerationConfig, PipelineConfig, SpeculationConfig};
+use crate::sampling::{sample, softmax_with_temperature, token_index_bits};
+use crate::stats::{RunStats, TokenEvent, TokenKind};
+use crate::{
+    BuildContext, CodecHints, Costs, Direction, DraftModel, DraftToken, EnergyModel, HlmError,
+    LinkModel, Result, SessionParams, TextTokenizer, TokenId, TokenView, Transfer, UploadCodec,
+    UploadRule, Verdict, Verifier, VerifyRequest, Work,
+};
+
+/// Random streams of a run, one per consumer, so that (for example) changing the filter does
+/// not change the draft samples of the same seed.
+const STREAM_DRAFT: u64 = 1;
+const STREAM_FILTER: u64 = 2;
+const STREAM_LINK: u64 = 3;
+
+/// A built pipeline, ready to generate.
+pub struct Pipeline {
+    pub draft: Option<Box<dyn DraftModel>>,
+    pub verifier: Option<Box<dyn Verifier>>,
+    pub upload: Option<Box<dyn UploadRule>>,
+    pub codec: Option<Box<dyn UploadCodec>>,
+    pub link: Option<Box<dyn LinkModel>>,
+    pub energy: Option<Box<dyn EnergyModel>>,
+    pub tokenizer: Option<Arc<dyn TextTokenizer>>,
+    pub generation: GenerationConfig,
+    pub speculation: SpeculationConfig,
+    pub name: String,
+}
+
+/// What a run returns.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub prompt_ids: Vec<TokenId>,
+    pub generated_ids: Vec<TokenId>,
+    /// How each generated token was decided.
+    pub kinds: Vec<TokenKind>,
+    pub stats: RunStats,
+}
+
+/// The method a pipeline runs, derived from its components (for summaries).
+pub fn method_name(p: &Pipeline) -> &'static str {
+    match (&p.draft, &p.verifier) {
+        (Some(_), None) => "slm-only",
+        (None, Some(_)) => "llm-only",
+        (None, None) => "empty",
+        (Some(_), Some(_)) => match p.speculation.filter_action {
+            FilterAction::StopDrafting => "speculative",
+            FilterAction::Skip => "hybrid",
+        },
+    }
+}
+
+impl Pipeline {
+    /// Build every component of a configuration.
+    pub fn from_config(cfg: PipelineConfig, ctx: &BuildContext) -> Result<Self> {
+        cfg.validate()?;
+        let draft = match &cfg.draft {
+            Some(spec) => Some(spec.build(ctx)?),
+            None => None,
+        };
+        let verifier = match &cfg.verifier {
+            Some(spec) => Some(spec.build(ctx)?),
+            None => None,
+        };
+        let tokenizer = draft
+            .as_ref()
+            .and_then(|d| d.tokenizer())
+            .or_else(|| verifier.as_ref().and_then(|v| v.tokenizer()));
+        let pipeline = Pipeline {
+            draft,
+            verifier,
+            upload: cfg.upload,
+            codec: cfg.codec,
+            link: cfg.link,
+            energy: cfg.energy,
+            tokenizer,
+            generation: cfg.generation,
+            speculation: cfg.speculation,
+            name: cfg.name.unwrap_or_else(|| "pipeline".into()),
+        };
+        pipeline.check_compatible()?;
+        Ok(pipeline)
+    }
+
+    /// The draft and target must share the vocabulary (and the tokenizer, when both know one).
+    pub fn check_compatible(&self) -> Result<()> {
+        if let (Some(d), Some(v)) = (&self.draft, &self.verifier) {
+            if d.vocab_size() != v.vocab_size() {
+                return Err(HlmError::Incompatible(format!(
+                    "the draft model has a vocabulary of {} entries, the verifier {}",
+                    d.vocab_size(),
+                    v.vocab_size()
+                )));
+            }
+            if let (Some(a), Some(b)) = (d.tokenizer(), v.tokenizer()) {
+                if a.fingerprint() != b.fingerprint() {
+                    return Err(HlmError::Incompatible(
+                        "the draft model and the verifier use different tokenizers".into(),
+                    ));
+                }
+            }
+            if let Some(c) = &self.codec {
+                c.validate(d.vocab_size())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.draft
+            .as_ref()
+            .map(|d| d.vocab_size())
+            .or_else(|| self.verifier.as_ref().map(|v| v.vocab_size()))
+            .unwrap_or(0)
+    }
+
+    /// Generate from `prompt`, calling `on_token` for every decided token.
+    pub fn generate(
+        &mut self,
+        prompt: &[TokenId],
+        on_token: &mut dyn FnMut(&TokenEvent),
+    ) -> Result<RunReport> {
+        if prompt.is_empty() {
+            return Err(HlmError::invalid("prompt", "\"\"", "the prompt encodes to no tokens"));
+        }
+        let vocab = self.vocab_size();
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(HlmError::invalid(
+                "prompt",
+                bad,
+                format!("token id outside the vocabulary of {vocab}"),
+            ));
+        }
+        let need = prompt.len() + self.generation.max_new_tokens + 1;
+        for max in [
+            self.draft.as_ref().map(|d| d.max_context()),
+            self.verifier.as_ref().map(|v| v.max_context()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if need > max {
+                return Err(HlmError::ContextOverflow { requested: need, max });
+            }
+        }
+        let mut run = Run::new(self, prompt, on_token);
+        run.execute()?;
+        Ok(run.finish())
+    }
+}
+
+struct Run<'p, 'c> {
+    p: &'p mut Pipeline,
+    prompt: Vec<TokenId>,
+    on_token: &'c mut dyn FnMut(&TokenEvent),
+    rng_draft: ChaCha8Rng,
+    rng_filter: ChaCha8Rng,
+    rng_link: ChaCha8Rng,
+    eos: Vec<TokenId>,
+    idx_bits: u64,
+    committed: Vec<TokenId>,
+    kinds: Vec<TokenKind>,
+    /// Committed tokens the verifier has not seen, with whether the device must upload them
+    /// (false for tokens the verifier produced itself).
+    unsent: Vec<(TokenId, bool)>,
+    stats: RunStats,
+    costs: Costs,
+    committed_by_verification: u64,
+    started: Instant,
+}
+
+/// A drafted token waiting in the current round.
+struct Pending {
+    token: TokenId,
+    payload: Option<crate::UploadPayload>,
+}
+
+impl<'p, 'c> Run<'p, 'c> {
+    fn new(p: &'p mut Pipeline, prompt: &[TokenId], on_token: &'c mut dyn FnMut(&TokenEvent)) -> Self {
+        let seed = p.generation.seed;
+        let stream = |s: u64| {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            r.set_stream(s);
+            r
+        };
+        let eos = if p.generation.stop_at_eos {
+            p.tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let idx_bits = token_index_bits(p.vocab_size());
+        if let Some(l) = p.link.as_mut() {
+            l.reset();
+        }
+        Run {
+            p,
+            prompt: prompt.to_vec(),
+            on_token,
+            rng_draft: stream(STREAM_DRAFT),
+            rng_filter: stream(STREAM_FILTER),
+            rng_link: stream(STREAM_LINK),
+            eos,
+            idx_bits,
+            committed: Vec::new(),
+            kinds: Vec::new(),
+            unsent: Vec::new(),
+            stats: RunStats {
+                prompt_tokens: prompt.len(),
+                ..Default::default()
+            },
+            costs: Costs::default(),
+            committed_by_verification: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn max_new(&self) -> usize {
+        self.p.generation.max_new_tokens
+    }
+
+    fn commit(&mut self, id: TokenId, kind: TokenKind) {
+        let ev = TokenEvent {
+            id,
+            kind,
+            index: self.committed.len(),
+        };
+        self.committed.push(id);
+        self.kinds.push(kind);
+        (self.on_token)(&ev);
+    }
+
+    fn ended(&self) -> bool {
+        self.committed.len() >= self.max_new()
+            || self.committed.last().is_some_and(|t| self.eos.contains(t))
+    }
+
+    fn account(&mut self, work: Work) -> Result<()> {
+        self.stats.device_tokens += work.device_tokens;
+        self.stats.server_tokens += work.server_tokens;
+        let costs = match &self.p.energy {
+            Some(e) => e.cost(&work)?,
+            None => Costs::default(),
+        };
+        self.costs.add(&costs);
+        self.stats.add_costs(&costs);
+        Ok(())
+    }
+
+    fn send(&mut self, bits: u64, dir: Direction) -> Result<Option<Transfer>> {
+        match dir {
+            Direction::Uplink => self.stats.uplink_bits += bits,
+            Direction::Downlink => self.stats.downlink_bits += bits,
+        }
+        let now = self.costs.time_s.total();
+        let Some(link) = self.p.link.as_mut() else {
+            return Ok(None);
+        };
+        let t = link.transfer(bits, dir, now, &mut self.rng_link)?;
+        if t.outage {
+            self.stats.outages += 1;
+        }
+        Ok(Some(t))
+    }
+
+    fn execute(&mut self) -> Result<()> {
+        let params = SessionParams {
+            temperature: self.p.generation.temperature,
+            seed: self.p.generation.seed,
+        };
+        let prompt = self.prompt.clone();
+        let mut next_logits = None;
+        if let Some(d) = self.p.draft.as_mut() {
+            let t0 = Instant::now();
+            d.truncate(0)?;
+            let step = d.forward(&prompt, None)?;
+            next_logits = Some(step.logits);
+            let w = Work {
+                device_tokens: prompt.len() as u64,
+                device_compute_s: t0.elapsed().as_secs_f64(),
+                ..Default::default()
+            };
+            self.account(w)?;
+        }
+        if let Some(v) = self.p.verifier.as_mut() {
+            let t0 = Instant::now();
+            v.begin(&prompt, &params)?;
+            let compute = t0.elapsed().as_secs_f64();
+            let up = self.send(prompt.len() as u64 * self.idx_bits, Direction::Uplink)?;
+            let w = Work {
+                uplink: up,
+                server_tokens: prompt.len() as u64,
+                server_compute_s: compute,
+                ..Default::default()
+            };
+            self.account(w)?;
+        }
+        match (next_logits, self.p.verifier.is_some()) {
+            (Some(l), true) => self.hybrid(l),
+            (Some(l), false) => self.slm_only(l),
+            (None, true) => self.llm_only(),
+            (None, false) => Err(HlmError::invalid("pipeline", "empty", "no model to run")),
+        }
+    }
+
+    /// Sample a draft from `logits` and feed it to the draft model; returns the draft, its
+    /// distribution and the model's step.
+    fn draft_one(
+        &mut self,
+        logits: &[f32],
+        attention: Option<&crate::LayerSelection>,
+    ) -> Result<(TokenId, Vec<f32>, crate::DraftStep, Instant)> {
+        let t0 = Instant::now();
+        let probs = softmax_with_temperature(logits, self.p.generation.temperature);
+        let d = sample(&probs, &mut self.rng_draft) as TokenId;
+        let draft = self.p.draft.as_mut().ok_or_else(|| HlmError::Model("no draft model".into()))?;
+        let step = draft.forward(&[d], attention)?;
+        self.stats.drafted += 1;
+        Ok((d, probs, step, t0))
+    }
+
+    fn slm_only(&mut self, mut logits: Vec<f32>) -> Result<()> {
+        while !self.ended() {
+            let (d, _probs, step, t0) = self.draft_one(&logits, None)?;
+            logits = step.logits;
+            self.stats.skips += 1;
+            self.account(Work {
+                device_tokens: 1,
+                device_compute_s: t0.elapsed().as_secs_f64(),
+                ..Default::default()
+            })?;
+            self.commit(d, TokenKind::Skipped);
+        }
+        Ok(())
+    }
+
+    fn llm_only(&mut self) -> Result<()> {
+        while !self.ended() {
+            let (context, context_bits) = self.take_unsent_context();
+            let req = VerifyRequest {
+                context,
+                drafts: Vec::new(),
+                bonus: true,
+            };
+            let outcome = self.round_trip(&req, context_bits)?;
+            match outcome.as_slice() {
+                [Verdict::Bonus(t)] => {
+                    let t = *t;
+                    self.unsent.push((t, false));
+                    self.commit(t, TokenKind::Target);
+                }
+                other => {
+                    return Err(HlmError::Verifier(format!(
+                        "expected one generated token, got {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drain the context the verifier has not seen; returns it and the uplink bits it costs
+    /// (only tokens the device must tell the server about).
+    fn take_unsent_context(&mut self) -> (Vec<TokenId>, u64) {
+        let bits = self.unsent.iter().filter(|(_, dev)| *dev).count() as u64 * self.idx_bits;
+        (self.unsent.drain(..).map(|(t, _)| t).collect(), bits)
+    }
+
+    /// Send a request, account uplink/server/downlink, and return the validated verdicts.
+    fn round_trip(&mut self, req: &VerifyRequest, context_bits: u64) -> Result<Vec<Verdict>> {
+        let vocab = self.p.vocab_size();
+        let mut up_bits = context_bits;
+        for d in &req.drafts {
+            up_bits += self.idx_bits;
+            if let Some(p) = &d.payload {
+                up_bits += p.bits(vocab);
+            }
+        }
+        let uplink = self.send(up_bits, Direction::Uplink)?;
+        let verifier = self.p.verifier.as_mut().ok_or_else(|| HlmError::Verifier("no verifier".into()))?;
+        let outcome = verifier.verify(req)?;
+        outcome.validate(req)?;
+        self.stats.verify_calls += 1;
+        let has_token = matches!(
+            outcome.verdicts.last(),
+            Some(Verdict::Resampled(_) | Verdict::Bonus(_))
+        );
+        let gamma = self.p.speculation.gamma as u64;
+        let mut down_bits = token_index_bits(gamma as usize + 2);
+        if has_token {
+            down_bits += self.idx_bits;
+        }
+        let downlink = self.send(down_bits, Direction::Downlink)?;
+        self.account(Work {
+            uplink,
+            server_tokens: outcome.server_tokens,
+            server_compute_s: outcome.compute_s,
+            downlink,
+            ..Default::default()
+        })?;
+        Ok(outcome.verdicts)
+    }
+
+    fn hybrid(&mut self, mut logits: Vec<f32>) -> Result<()> {
+        let gamma = self.p.speculation.gamma;
+        let action = self.p.speculation.filter_action;
+        let attention = self.p.upload.as_ref().and_then(|u| u.attention_layers());
+        let mut round: Vec<Pending> = Vec::new();
+        let mut uploaded_in_round = 0usize;
+        while !self.ended() {
+            let (d, probs, step, t0) = self.draft_one(&logits, attention.as_ref())?;
+            let view = TokenView {
+                logits: &logits,
+                probs: &probs,
+                draft: d,
+                attention: step.attention.as_ref(),
+                position: self.committed.len() + round.len(),
+            };
+            let upload = self.p.upload.as_ref().ok_or_else(|| HlmError::invalid("upload", "absent", "required"))?;
+            let decision = upload.decide(&view, &mut self.rng_filter)?;
+            let codec = self.p.codec.as_ref().ok_or_else(|| HlmError::invalid("codec", "absent", "required"))?;
+            let hints = CodecHints {
+                uncertainty: decision.uncertainty,
+            };
+            let send_payload = decision.upload || action == FilterAction::StopDrafting;
+            let payload = if send_payload {
+                Some(codec.encode(&probs, d, &hints)?)
+            } else {
+                None
+            };
+            logits = step.logits;
+            self.account(Work {
+                device_tokens: 1,
+                device_compute_s: t0.elapsed().as_secs_f64(),
+                ..Default::default()
+            })?;
+            let is_eos = self.eos.contains(&d);
+            let mut flush = match payload {
+                None => {
+                    self.stats.skips += 1;
+                    if round.is_empty() {
+                        // Nothing unverified before it: the token is final right away.
+                        self.unsent.push((d, true));
+                        self.commit(d, TokenKind::Skipped);
+                        continue;
+                    }
+                    round.push(Pending { token: d, payload: None });
+                    false
+                }
+                Some(p) => {
+                    round.push(Pending { token: d, payload: Some(p) });
+                    uploaded_in_round += 1;
+                    match action {
+                        FilterAction::Skip => uploaded_in_round >= gamma,
+                        FilterAction::StopDrafting => decision.upload || round.len() >= gamma,
+                    }
+                }
+            };
+            if is_eos || self.committed.len() + round.len() >= self.max_new() {
+                flush = true;
+            }
+            if flush {
+                logits = self.verify_round(std::mem::take(&mut round), logits)?;
+                uploaded_in_round = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Verify one round, commit its outcome and roll the draft model back if needed. Returns the
+    /// draft model's logits for the next position.
+    fn verify_round(&mut self, round: Vec<Pending>, logits_after_round: Vec<f32>) -> Result<Vec<f32>> {
+        let (context, context_bits) = self.take_unsent_context();
+        let last_is_eos = round.last().is_some_and(|p| self.eos.contains(&p.token));
+        let room = self.committed.len() + round.len() < self.max_new();
+        let req = VerifyRequest {
+            context,
+            drafts: round
+                .iter()
+                .map(|p| DraftToken {
+                    token: p.token,
+                    payload: p.payload.clone(),
+                })
+                .collect(),
+            bonus: self.p.speculation.bonus_token && room && !last_is_eos,
+        };
+        self.stats.draft_n += round.iter().filter(|p| p.payload.is_some()).count() as u64;
+        self.stats.uploads += round.iter().filter(|p| p.payload.is_some()).count() as u64;
+        let base = self.prompt.len() + self.committed.len();
+        let verdicts = self.round_trip(&req, context_bits)?;
+        let mut stood = 0usize;
+        let mut correction = None;
+        let mut uploaded_k = 0usize;
+        for (i, v) in verdicts.iter().enumerate() {
+            match *v {
+                Verdict::Accepted => {
+                    self.stats.draft_n_accepted += 1;
+                    self.stats.record_position(uploaded_k, true);
+                    uploaded_k += 1;
+                    stood += 1;
+                    self.commit(round[i].token, TokenKind::Verified);
+                }
+                Verdict::Unverified => {
+                    stood += 1;
+                    self.commit(round[i].token, TokenKind::Skipped);
+                }
+                Verdict::Resampled(t) => {
+                    self.stats.resamples += 1;
+                    self.stats.record_position(uploaded_k, false);
+                    correction = Some((t, TokenKind::Resampled));
+                }
+                Verdict::Bonus(t) => {
+                    self.stats.bonus_tokens += 1;
+                    correction = Some((t, TokenKind::Bonus));
+                }
+            }
+        }
+        self.committed_by_verification += stood as u64 + u64::from(correction.is_some());
+        // Stop at an accepted EOS: nothing after it counts.
+        if self.committed.last().is_some_and(|t| self.eos.contains(t)) {
+            return Ok(logits_after_round);
+        }
+        let Some((t, kind)) = correction else {
+            return Ok(logits_after_round);
+        };
+        self.commit(t, kind);
+        // The verifier's KV state ends before `t`; it receives `t` as context next round.
+        self.unsent.push((t, false));
+        if self.ended() {
+            return Ok(logits_after_round);
+        }
+        let t0 = Instant::now();
+        let draft = self.p.draft.as_mut().ok_or_else(|| HlmError::Model("no draft model".into()))?;
+        if stood < round.len() {
+            draft.truncate(base + stood)?;
+        }
+        let step = draft.forward(&[t], None)?;
+        self.account(Work {
+            device_tokens: 1,
+            device_compute_s: t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        })?;
+        Ok(step.logits)
+    }
+
+    fn finish(mut self) -> RunReport {
+        self.stats.generated_tokens = self.committed.len();
+        let wall = self.started.elapsed().as_secs_f64();
+        self.stats.finish(self.committed_by_verification, wall);
+        RunReport {
+            prompt_ids: self.prompt,
+            generated_ids: self.committed,
+            kinds: self.kinds,
+            stats: self.stats,
+        }
+    }
+}

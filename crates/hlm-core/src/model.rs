@@ -1,0 +1,82 @@
+//! The two language models of a hybrid pipeline: the device's draft model and the
+//! server's target model, plus the typetag-selected specs that build them from config.
+
+use std::sync::Arc;
+
+use crate::{AttentionMap, LayerSelection, Result, TextTokenizer, TokenId};
+
+/// What one draft forward pass returns.
+#[derive(Debug, Clone)]
+pub struct DraftStep {
+    /// Logits of the next token after the last fed token (length = vocabulary size).
+    pub logits: Vec<f32>,
+    /// Attention probabilities of the newest position, when they were asked for.
+    pub attention: Option<AttentionMap>,
+}
+
+/// The small model on the device: next-token logits, optional attention, rollback.
+///
+/// The model owns a KV state holding every token fed so far. `forward` appends to it;
+/// `truncate` rolls it back to any earlier length (after a rejected draft).
+pub trait DraftModel: Send {
+    /// Length of the logit vectors.
+    fn vocab_size(&self) -> usize;
+    /// Number of layers (for resolving [`LayerSelection`]).
+    fn n_layers(&self) -> usize;
+    /// Maximum context length the model supports.
+    fn max_context(&self) -> usize;
+    /// Tokens currently held in the KV state.
+    fn context_len(&self) -> usize;
+    /// Append `tokens` (at least one) and return the logits after the last of them, plus the
+    /// attention of the newest position for the selected layers when `attention` is `Some`.
+    fn forward(&mut self, tokens: &[TokenId], attention: Option<&LayerSelection>)
+    -> Result<DraftStep>;
+    /// Roll the KV state back to `len` tokens (`len <= context_len()`).
+    fn truncate(&mut self, len: usize) -> Result<()>;
+    /// The tokenizer, when the model carries one.
+    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>>;
+    /// A short human-readable description (name, size, device) for logs and summaries.
+    fn describe(&self) -> String;
+}
+
+/// The large model behind a verifier: logits at every fed position, rollback.
+pub trait TargetModel: Send {
+    /// Length of the logit vectors.
+    fn vocab_size(&self) -> usize;
+    /// Maximum context length the model supports.
+    fn max_context(&self) -> usize;
+    /// Tokens currently held in the KV state.
+    fn context_len(&self) -> usize;
+    /// Append `tokens` (at least one) in one pass and return the logits after each of them
+    /// (`tokens.len()` vectors, in order).
+    fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>>;
+    /// Roll the KV state back to `len` tokens.
+    fn truncate(&mut self, len: usize) -> Result<()>;
+    /// The tokenizer, when the model carries one.
+    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>>;
+    /// A short human-readable description.
+    fn describe(&self) -> String;
+}
+
+/// Where components are built: the device string of the pipeline and the models folder.
+#[derive(Debug, Clone, Default)]
+pub struct BuildContext {
+    /// Device name from the pipeline (`cpu`, `wgpu`, ...). Components may override it.
+    pub device: String,
+    /// Folder of fetched models (`HLM_MODELS`), if known.
+    pub models_dir: Option<std::path::PathBuf>,
+}
+
+/// Config-selected recipe for a draft model (`[draft]` table, `type = ...`).
+#[typetag::serde(tag = "type")]
+pub trait DraftModelSpec: std::fmt::Debug + Send + Sync {
+    /// Load the model.
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn DraftModel>>;
+}
+
+/// Config-selected recipe for a target model (inside a local verifier).
+#[typetag::serde(tag = "type")]
+pub trait TargetModelSpec: std::fmt::Debug + Send + Sync {
+    /// Load the model.
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn TargetModel>>;
+}

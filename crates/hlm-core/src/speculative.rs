@@ -1,0 +1,125 @@
+//! Acceptance rules of speculative sampling: the math every verifier shares.
+//!
+//! With the draft distribution x (as the verifier received it) and the target distribution y,
+//! a draft token d is accepted with probability min(1, y_d / x_d); otherwise a token is drawn
+//! from norm(max(0, y − x)). When d ~ x, the result is distributed exactly as y
+//! (Leviathan et al. 2023; Chen et al. 2023). Greedy matching is the temperature-0 case.
+
+use rand::{Rng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::sampling::{argmax, sample, sample_weights};
+use crate::TokenId;
+
+/// The verdict on one uploaded draft token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// The draft token stands.
+    Accept,
+    /// The draft token is replaced by this one.
+    Reject(TokenId),
+}
+
+/// A rule that judges one draft token against the target distribution.
+#[typetag::serde(tag = "type")]
+pub trait AcceptanceRule: std::fmt::Debug + Send + Sync {
+    /// Judge `draft` given the reconstructed draft distribution `x` and the target
+    /// distribution `y` (both of vocabulary length).
+    fn judge(&self, draft: TokenId, x: &[f32], y: &[f32], rng: &mut dyn RngCore) -> Judgement;
+}
+
+/// Exact speculative sampling (lossless when the draft was sampled from `x`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeculativeSampling {}
+
+#[typetag::serde(name = "speculative")]
+impl AcceptanceRule for SpeculativeSampling {
+    fn judge(&self, draft: TokenId, x: &[f32], y: &[f32], rng: &mut dyn RngCore) -> Judgement {
+        let d = draft as usize;
+        let x_d = x.get(d).copied().unwrap_or(0.0);
+        let y_d = y.get(d).copied().unwrap_or(0.0);
+        // x_d <= y_d accepts outright; this also covers x_d == 0 (a draft the payload dropped).
+        if x_d <= y_d || rng.random::<f64>() < (y_d as f64 / x_d as f64) {
+            return Judgement::Accept;
+        }
+        let residual: Vec<f32> = y.iter().zip(x).map(|(&a, &b)| (a - b).max(0.0)).collect();
+        // An all-zero residual means x >= y everywhere, i.e. x == y up to rounding: y itself
+        // is then the right distribution to draw from.
+        let tok = sample_weights(&residual, rng).unwrap_or_else(|| sample(y, rng));
+        Judgement::Reject(tok as TokenId)
+    }
+}
+
+/// Greedy verification: accept iff the draft is the target's most likely token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GreedyMatch {}
+
+#[typetag::serde(name = "greedy")]
+impl AcceptanceRule for GreedyMatch {
+    fn judge(&self, draft: TokenId, _x: &[f32], y: &[f32], _rng: &mut dyn RngCore) -> Judgement {
+        let best = argmax(y) as TokenId;
+        if best == draft {
+            Judgement::Accept
+        } else {
+            Judgement::Reject(best)
+        }
+    }
+}
+
+/// The exact probability that a draft `d` is rejected: max(0, 1 − y_d / x_d).
+pub fn rejection_probability(draft: TokenId, x: &[f32], y: &[f32]) -> f32 {
+    let d = draft as usize;
+    let x_d = x.get(d).copied().unwrap_or(0.0);
+    let y_d = y.get(d).copied().unwrap_or(0.0);
+    if x_d <= 0.0 {
+        0.0
+    } else {
+        (1.0 - y_d / x_d).max(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Exhaustive check of the output law of one accept/resample step against y.
+    #[test]
+    fn one_step_output_is_distributed_as_target() {
+        let x = [0.5f32, 0.3, 0.15, 0.05];
+        let y = [0.1f32, 0.2, 0.3, 0.4];
+        let rule = SpeculativeSampling {};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let n = 200_000;
+        let mut counts = [0f64; 4];
+        for _ in 0..n {
+            let d = sample(&x, &mut rng) as TokenId;
+            let out = match rule.judge(d, &x, &y, &mut rng) {
+                Judgement::Accept => d,
+                Judgement::Reject(t) => t,
+            };
+            counts[out as usize] += 1.0;
+        }
+        for i in 0..4 {
+            let p = counts[i] / n as f64;
+            assert!((p - y[i] as f64).abs() < 0.005, "token {i}: {p} vs {}", y[i]);
+        }
+    }
+
+    #[test]
+    fn rejection_probability_matches_rule() {
+        assert_eq!(rejection_probability(0, &[0.5, 0.5], &[0.25, 0.75]), 0.5);
+        assert_eq!(rejection_probability(1, &[0.5, 0.5], &[0.25, 0.75]), 0.0);
+        assert_eq!(rejection_probability(1, &[1.0, 0.0], &[0.25, 0.75]), 0.0);
+    }
+
+    #[test]
+    fn greedy_returns_target_argmax() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let g = GreedyMatch {};
+        assert_eq!(g.judge(2, &[], &[0.1, 0.2, 0.7], &mut rng), Judgement::Accept);
+        assert_eq!(g.judge(0, &[], &[0.1, 0.2, 0.7], &mut rng), Judgement::Reject(2));
+    }
+}

@@ -1,0 +1,126 @@
+//! The verifier: the large model's side of the hybrid pipeline.
+
+use std::sync::Arc;
+
+use crate::{BuildContext, Result, TextTokenizer, TokenId, UploadPayload};
+
+/// Per-session parameters a verifier needs before the first request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionParams {
+    /// Sampling temperature of the target distribution (0 = greedy).
+    pub temperature: f32,
+    /// Seed of the verifier's random stream (acceptance draws and resampling).
+    pub seed: u64,
+}
+
+/// One drafted token sent for verification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftToken {
+    /// The drafted token id.
+    pub token: TokenId,
+    /// What was uploaded for it. `None` marks a token the filter skipped: it is part of the
+    /// context, accepted without verification.
+    pub payload: Option<UploadPayload>,
+}
+
+/// One verification request: context the verifier has not seen yet, then the drafts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VerifyRequest {
+    /// Committed tokens the verifier has not seen (skipped tokens, the last correction).
+    pub context: Vec<TokenId>,
+    /// Drafted tokens in order; verification stops at the first rejection.
+    pub drafts: Vec<DraftToken>,
+    /// After all drafts are accepted, draw one more token from the target (classic speculative
+    /// decoding's bonus token). With no drafts this is plain target-model generation.
+    pub bonus: bool,
+}
+
+/// The verdict for one position of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// An uploaded draft was accepted.
+    Accepted,
+    /// A skipped draft (no payload) was taken as it is.
+    Unverified,
+    /// The draft at this position was rejected and replaced by this token.
+    Resampled(TokenId),
+    /// All drafts stood; this extra token comes from the target distribution.
+    Bonus(TokenId),
+}
+
+/// The answer to a [`VerifyRequest`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VerifyOutcome {
+    /// Verdicts in order: `Accepted`/`Unverified` for each draft that stood, then at most one
+    /// `Resampled` or `Bonus`.
+    pub verdicts: Vec<Verdict>,
+    /// Positions the target model computed for this request (context + drafts).
+    pub server_tokens: u64,
+    /// Server compute time (seconds, measured).
+    pub compute_s: f64,
+}
+
+/// The large model's side: verifies drafts by speculative sampling, keeps its own KV state and
+/// rolls it back on rejection.
+pub trait Verifier: Send {
+    /// Length of the target's logit vectors.
+    fn vocab_size(&self) -> usize;
+    /// Maximum context the target supports.
+    fn max_context(&self) -> usize;
+    /// Start a session with the prompt (prefill).
+    fn begin(&mut self, prompt: &[TokenId], params: &SessionParams) -> Result<()>;
+    /// Verify one block of drafts.
+    fn verify(&mut self, request: &VerifyRequest) -> Result<VerifyOutcome>;
+    /// The tokenizer, when the verifier knows one.
+    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>>;
+    /// A short human-readable description.
+    fn describe(&self) -> String;
+}
+
+/// Config-selected recipe for a verifier (`[verifier]` table, `type = ...`).
+#[typetag::serde(tag = "type")]
+pub trait VerifierSpec: std::fmt::Debug + Send + Sync {
+    /// Build the verifier (load its model or connect to its server).
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Verifier>>;
+}
+
+impl VerifyOutcome {
+    /// Check the verdicts against the request they answer; a verifier on the other side of a
+    /// network may be wrong, and the engine must never act on an inconsistent answer.
+    pub fn validate(&self, request: &VerifyRequest) -> Result<()> {
+        let bad = |m: String| Err(crate::HlmError::Verifier(format!("inconsistent verdicts: {m}")));
+        let n = request.drafts.len();
+        for (i, v) in self.verdicts.iter().enumerate() {
+            let last = i + 1 == self.verdicts.len();
+            match v {
+                Verdict::Accepted | Verdict::Unverified => {
+                    if i >= n {
+                        return bad(format!("verdict {i} beyond the {n} drafts"));
+                    }
+                    let skipped = request.drafts[i].payload.is_none();
+                    if skipped != matches!(v, Verdict::Unverified) {
+                        return bad(format!("verdict {i} is {v:?} for a draft with payload = {}", !skipped));
+                    }
+                }
+                Verdict::Resampled(_) => {
+                    if !last || i >= n || request.drafts[i].payload.is_none() {
+                        return bad(format!("resample at {i} is not the last verdict of an uploaded draft"));
+                    }
+                }
+                Verdict::Bonus(_) => {
+                    if !last || i != n || !request.bonus {
+                        return bad(format!("bonus at {i} without all {n} drafts accepted or not requested"));
+                    }
+                }
+            }
+        }
+        let ended = matches!(self.verdicts.last(), Some(Verdict::Resampled(_)));
+        if !ended && self.verdicts.len() < n {
+            return bad(format!("only {} verdicts for {n} drafts", self.verdicts.len()));
+        }
+        if !ended && request.bonus && self.verdicts.len() == n {
+            return bad("bonus token requested but not returned".into());
+        }
+        Ok(())
+    }
+}
