@@ -1,0 +1,199 @@
+//! Verification on a local target model: speculative sampling with KV rollback.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hlm_core::sampling::softmax_with_temperature;
+use hlm_core::{
+    AcceptanceRule, BuildContext, GreedyMatch, HlmError, Judgement, Result, SessionParams,
+    SpeculativeSampling, TargetModel, TargetModelSpec, TextTokenizer, TokenId, Verdict, Verifier,
+    VerifierSpec, VerifyOutcome, VerifyRequest,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// A verifier that runs its target model in this process.
+///
+/// Invariant between requests: the target's KV state holds exactly the tokens the verifier has
+/// seen, and `last_logits` (when present) are the logits after the last of them. A request's
+/// `context` and drafts are fed in one pass; on rejection at draft `i` the state is truncated
+/// to just before it, so the replacement token arrives as context of the next request.
+pub struct LocalVerifier {
+    model: Box<dyn TargetModel>,
+    rule: Box<dyn AcceptanceRule>,
+    greedy: GreedyMatch,
+    temperature: f32,
+    rng: ChaCha8Rng,
+    last_logits: Option<Vec<f32>>,
+}
+
+impl LocalVerifier {
+    /// Wrap a target model with an acceptance rule (use [`SpeculativeSampling`] for lossless
+    /// verification).
+    pub fn new(model: Box<dyn TargetModel>, rule: Box<dyn AcceptanceRule>) -> Self {
+        LocalVerifier {
+            model,
+            rule,
+            greedy: GreedyMatch {},
+            temperature: 1.0,
+            rng: ChaCha8Rng::seed_from_u64(0),
+            last_logits: None,
+        }
+    }
+
+    fn rule(&self) -> &dyn AcceptanceRule {
+        // Temperature 0 makes both distributions one-hot; greedy matching is the same rule
+        // without building them.
+        if self.temperature <= 0.0 {
+            &self.greedy
+        } else {
+            self.rule.as_ref()
+        }
+    }
+}
+
+impl Verifier for LocalVerifier {
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+
+    fn max_context(&self) -> usize {
+        self.model.max_context()
+    }
+
+    fn begin(&mut self, prompt: &[TokenId], params: &SessionParams) -> Result<()> {
+        if prompt.is_empty() {
+            return Err(HlmError::Verifier("empty prompt".into()));
+        }
+        self.temperature = params.temperature;
+        self.rng = ChaCha8Rng::seed_from_u64(params.seed);
+        // A stream of its own, apart from the device's streams of the same seed.
+        self.rng.set_stream(16);
+        self.model.truncate(0)?;
+        let mut logits = self.model.forward_all(prompt)?;
+        self.last_logits = logits.pop();
+        Ok(())
+    }
+
+    fn verify(&mut self, req: &VerifyRequest) -> Result<VerifyOutcome> {
+        let t0 = Instant::now();
+        let vocab = self.model.vocab_size();
+        let base = self.model.context_len();
+        let mut fed: Vec<TokenId> = req.context.clone();
+        fed.extend(req.drafts.iter().map(|d| d.token));
+        if let Some(&bad) = fed.iter().find(|&&t| t as usize >= vocab) {
+            return Err(HlmError::Verifier(format!(
+                "token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let mut all = if fed.is_empty() {
+            Vec::new()
+        } else {
+            self.model.forward_all(&fed)?
+        };
+        // predictive[j] = logits predicting fed position `context.len() + j` (draft j), and the
+        // last entry predicts the token after every draft.
+        let nctx = req.context.len();
+        let prev = if nctx == 0 {
+            self.last_logits.take().ok_or_else(|| {
+                HlmError::Verifier("no logits for the first draft: the request has no context and the previous round ended with a new token".into())
+            })?
+        } else {
+            std::mem::take(&mut all[nctx - 1])
+        };
+        let mut predictive: Vec<Vec<f32>> = Vec::with_capacity(req.drafts.len() + 1);
+        predictive.push(prev);
+        for l in all.iter_mut().skip(nctx) {
+            predictive.push(std::mem::take(l));
+        }
+        let mut verdicts = Vec::with_capacity(req.drafts.len() + 1);
+        let mut rejected_at = None;
+        for (i, d) in req.drafts.iter().enumerate() {
+            let Some(payload) = &d.payload else {
+                verdicts.push(Verdict::Unverified);
+                continue;
+            };
+            let x = payload.reconstruct(d.token, vocab)?;
+            let y = softmax_with_temperature(&predictive[i], self.temperature);
+            match self.rule().judge(d.token, &x, &y, &mut self.rng) {
+                Judgement::Accept => verdicts.push(Verdict::Accepted),
+                Judgement::Reject(t) => {
+                    verdicts.push(Verdict::Resampled(t));
+                    rejected_at = Some(i);
+                    break;
+                }
+            }
+        }
+        match rejected_at {
+            Some(i) => {
+                self.model.truncate(base + nctx + i)?;
+                self.last_logits = None;
+            }
+            None if req.bonus => {
+                let y = softmax_with_temperature(&predictive[req.drafts.len()], self.temperature);
+                let t = if self.temperature <= 0.0 {
+                    hlm_core::sampling::argmax(&y)
+                } else {
+                    hlm_core::sampling::sample(&y, &mut self.rng)
+                };
+                verdicts.push(Verdict::Bonus(t as TokenId));
+                self.last_logits = None;
+            }
+            None => {
+                self.last_logits = predictive.pop();
+            }
+        }
+        Ok(VerifyOutcome {
+            verdicts,
+            server_tokens: fed.len() as u64,
+            compute_s: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
+        self.model.tokenizer()
+    }
+
+    fn describe(&self) -> String {
+        format!("local verifier on {}", self.model.describe())
+    }
+}
+
+/// The acceptance rule a configured local verifier uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleChoice {
+    /// Exact speculative sampling (greedy matching at temperature 0).
+    #[default]
+    Speculative,
+    /// Greedy matching at every temperature (accept iff the draft is the target's argmax).
+    Greedy,
+}
+
+impl RuleChoice {
+    fn build(self) -> Box<dyn AcceptanceRule> {
+        match self {
+            RuleChoice::Speculative => Box::new(SpeculativeSampling {}),
+            RuleChoice::Greedy => Box::new(GreedyMatch {}),
+        }
+    }
+}
+
+/// Config of a [`LocalVerifier`]: `[verifier] type = "local"`, `model = { type = ... }`,
+/// optional `rule = "speculative" | "greedy"`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalVerifierSpec {
+    pub model: Box<dyn TargetModelSpec>,
+    #[serde(default)]
+    pub rule: RuleChoice,
+}
+
+#[typetag::serde(name = "local")]
+impl VerifierSpec for LocalVerifierSpec {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Verifier>> {
+        let model = self.model.build(ctx)?;
+        Ok(Box::new(LocalVerifier::new(model, self.rule.build())))
+    }
+}

@@ -1,0 +1,361 @@
+//! End-to-end tests of the hybrid engine with the local verifier on honest table models:
+//! statistical losslessness, exact scripted counts, rollback and the reference methods.
+
+mod support;
+
+use std::collections::HashMap;
+
+use hlm_backends::LocalVerifier;
+use hlm_core::sampling::{argmax, softmax_with_temperature, token_index_bits};
+use hlm_core::{
+    AcceptanceRule, FilterAction, GenerationConfig, Judgement, Pipeline, Result, SpeculationConfig,
+    SpeculativeSampling, TokenId, TokenKind, TokenView, UploadCodec, UploadDecision, UploadRule,
+};
+use hlm_filters::{AlwaysUpload, DenseCodec, NeverUpload, TokenOnlyCodec};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ChiSquared, ContinuousCDF};
+use support::TableLm;
+
+const DRAFT_SEED: u64 = 101;
+const TARGET_SEED: u64 = 202;
+
+/// A deliberately wrong verifier rule: accepts every draft (output follows the draft model).
+#[derive(Debug, Serialize, Deserialize)]
+struct AcceptEverything {}
+
+#[typetag::serde(name = "test_accept_everything")]
+impl AcceptanceRule for AcceptEverything {
+    fn judge(&self, _d: TokenId, _x: &[f32], _y: &[f32], _r: &mut dyn RngCore) -> Judgement {
+        Judgement::Accept
+    }
+}
+
+/// A rule that uploads exactly the scripted positions.
+#[derive(Debug, Serialize, Deserialize)]
+struct Script {
+    upload: Vec<bool>,
+}
+
+#[typetag::serde(name = "test_script")]
+impl UploadRule for Script {
+    fn decide(&self, t: &TokenView<'_>, _r: &mut dyn RngCore) -> Result<UploadDecision> {
+        Ok(UploadDecision::plain(self.upload.get(t.position).copied().unwrap_or(true)))
+    }
+}
+
+struct Setup {
+    vocab: usize,
+    gamma: usize,
+    action: FilterAction,
+    bonus: bool,
+    temperature: f32,
+    max_new: usize,
+}
+
+fn build(
+    s: &Setup,
+    rule: Box<dyn AcceptanceRule>,
+    upload: Box<dyn UploadRule>,
+    codec: Box<dyn UploadCodec>,
+) -> Pipeline {
+    Pipeline {
+        draft: Some(Box::new(TableLm::new(s.vocab, DRAFT_SEED, 3.0))),
+        verifier: Some(Box::new(LocalVerifier::new(
+            Box::new(TableLm::new(s.vocab, TARGET_SEED, 3.0)),
+            rule,
+        ))),
+        upload: Some(upload),
+        codec: Some(codec),
+        link: None,
+        energy: None,
+        tokenizer: None,
+        generation: GenerationConfig {
+            max_new_tokens: s.max_new,
+            temperature: s.temperature,
+            seed: 0,
+            stop_at_eos: true,
+        },
+        speculation: SpeculationConfig {
+            gamma: s.gamma,
+            filter_action: s.action,
+            bonus_token: s.bonus,
+        },
+        name: "test".into(),
+    }
+}
+
+/// Exact probability of each continuation of length `len` under the target model.
+fn target_law(vocab: usize, prompt: &[TokenId], len: usize) -> HashMap<Vec<TokenId>, f64> {
+    let target = TableLm::new(vocab, TARGET_SEED, 3.0);
+    let mut law = HashMap::new();
+    let mut stack = vec![(Vec::<TokenId>::new(), 1.0f64)];
+    while let Some((seq, p)) = stack.pop() {
+        if seq.len() == len {
+            law.insert(seq, p);
+            continue;
+        }
+        let mut hist = prompt.to_vec();
+        hist.extend(&seq);
+        let y = softmax_with_temperature(&target.logits_after(&hist), 1.0);
+        for (t, &q) in y.iter().enumerate() {
+            let mut next = seq.clone();
+            next.push(t as TokenId);
+            stack.push((next, p * q as f64));
+        }
+    }
+    law
+}
+
+/// p-value of a chi-square goodness-of-fit test of `counts` against `law` (cells with an
+/// expected count below 5 are pooled).
+fn chi_square_p(counts: &HashMap<Vec<TokenId>, u64>, law: &HashMap<Vec<TokenId>, f64>, n: u64) -> f64 {
+    let (mut stat, mut cells) = (0.0, 0usize);
+    let (mut pooled_o, mut pooled_e) = (0.0, 0.0);
+    for (seq, &p) in law {
+        let e = p * n as f64;
+        let o = *counts.get(seq).unwrap_or(&0) as f64;
+        if e < 5.0 {
+            pooled_o += o;
+            pooled_e += e;
+        } else {
+            stat += (o - e).powi(2) / e;
+            cells += 1;
+        }
+    }
+    if pooled_e > 0.0 {
+        stat += (pooled_o - pooled_e).powi(2) / pooled_e;
+        cells += 1;
+    }
+    let df = (cells - 1) as f64;
+    1.0 - ChiSquared::new(df).unwrap().cdf(stat)
+}
+
+fn sample_outputs(p: &mut Pipeline, prompt: &[TokenId], runs: u64) -> HashMap<Vec<TokenId>, u64> {
+    let mut counts = HashMap::new();
+    for seed in 0..runs {
+        p.generation.seed = seed;
+        let r = p.generate(prompt, &mut |_| {}).unwrap();
+        *counts.entry(r.generated_ids).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn lossless_case(s: Setup, upload: fn() -> Box<dyn UploadRule>, codec: fn() -> Box<dyn UploadCodec>) {
+    let prompt = [1u32];
+    let runs = 6000;
+    let law = target_law(s.vocab, &prompt, s.max_new);
+    let mut good = build(&s, Box::new(SpeculativeSampling {}), upload(), codec());
+    let p_good = chi_square_p(&sample_outputs(&mut good, &prompt, runs), &law, runs);
+    assert!(p_good > 1e-3, "exact verification rejected as lossy: p = {p_good}");
+    let mut broken = build(&s, Box::new(AcceptEverything {}), upload(), codec());
+    let p_broken = chi_square_p(&sample_outputs(&mut broken, &prompt, runs), &law, runs);
+    assert!(p_broken < 1e-6, "broken verification passed as lossless: p = {p_broken}");
+}
+
+fn always() -> Box<dyn UploadRule> {
+    Box::new(AlwaysUpload {})
+}
+fn never() -> Box<dyn UploadRule> {
+    Box::new(NeverUpload {})
+}
+fn dense32() -> Box<dyn UploadCodec> {
+    Box::new(DenseCodec { bits: 32 })
+}
+fn token_only() -> Box<dyn UploadCodec> {
+    Box::new(TokenOnlyCodec {})
+}
+
+#[test]
+fn lossless_standard_hlm_gamma_1() {
+    let s = Setup { vocab: 4, gamma: 1, action: FilterAction::Skip, bonus: false, temperature: 1.0, max_new: 3 };
+    lossless_case(s, always, dense32);
+}
+
+#[test]
+fn lossless_classic_speculative_gamma_3_with_bonus() {
+    let s = Setup { vocab: 4, gamma: 3, action: FilterAction::StopDrafting, bonus: true, temperature: 1.0, max_new: 3 };
+    lossless_case(s, never, dense32);
+}
+
+#[test]
+fn lossless_gamma_2_rounds_in_skip_mode() {
+    let s = Setup { vocab: 4, gamma: 2, action: FilterAction::Skip, bonus: false, temperature: 1.0, max_new: 3 };
+    lossless_case(s, always, dense32);
+}
+
+#[test]
+fn lossless_token_only_uploads() {
+    let s = Setup { vocab: 4, gamma: 1, action: FilterAction::Skip, bonus: false, temperature: 1.0, max_new: 3 };
+    lossless_case(s, always, token_only);
+}
+
+/// The same seed gives the same run; another seed gives another.
+#[test]
+fn runs_are_reproducible_from_the_seed() {
+    let s = Setup { vocab: 8, gamma: 2, action: FilterAction::StopDrafting, bonus: true, temperature: 1.0, max_new: 24 };
+    let mut p = build(&s, Box::new(SpeculativeSampling {}), never(), dense32());
+    p.generation.seed = 5;
+    let a = p.generate(&[1, 2], &mut |_| {}).unwrap();
+    let b = p.generate(&[1, 2], &mut |_| {}).unwrap();
+    assert_eq!(a.generated_ids, b.generated_ids);
+    assert_eq!(a.stats.uplink_bits, b.stats.uplink_bits);
+    let seqs: std::collections::HashSet<Vec<TokenId>> = (0..6)
+        .map(|seed| {
+            p.generation.seed = seed;
+            p.generate(&[1, 2], &mut |_| {}).unwrap().generated_ids
+        })
+        .collect();
+    assert!(seqs.len() > 1);
+}
+
+fn greedy_continuation(seed: u64, vocab: usize, prompt: &[TokenId], n: usize) -> Vec<TokenId> {
+    let m = TableLm::new(vocab, seed, 3.0);
+    let mut hist = prompt.to_vec();
+    let mut out = vec![];
+    for _ in 0..n {
+        let t = argmax(&m.logits_after(&hist)) as TokenId;
+        hist.push(t);
+        out.push(t);
+    }
+    out
+}
+
+/// At temperature 0 every lossless configuration reproduces the target's greedy output, which
+/// exercises rollback of both models after every rejection.
+#[test]
+fn greedy_runs_equal_target_greedy_for_every_gamma() {
+    let vocab = 16;
+    let prompt = [3u32, 7];
+    let expected = greedy_continuation(TARGET_SEED, vocab, &prompt, 40);
+    for (gamma, action, bonus) in [
+        (1, FilterAction::Skip, false),
+        (1, FilterAction::StopDrafting, true),
+        (2, FilterAction::Skip, true),
+        (4, FilterAction::StopDrafting, true),
+        (5, FilterAction::StopDrafting, false),
+    ] {
+        let s = Setup { vocab, gamma, action, bonus, temperature: 0.0, max_new: 40 };
+        let upload = if action == FilterAction::Skip { always() } else { never() };
+        let mut p = build(&s, Box::new(SpeculativeSampling {}), upload, dense32());
+        let r = p.generate(&prompt, &mut |_| {}).unwrap();
+        assert_eq!(r.generated_ids, expected, "gamma {gamma} {action:?} bonus {bonus}");
+        assert!(r.stats.resamples > 0, "the case must exercise rejections");
+        assert_eq!(r.stats.draft_n, r.stats.draft_n_accepted + r.stats.resamples + (r.stats.draft_n - r.stats.draft_n_accepted - r.stats.resamples));
+    }
+}
+
+#[test]
+fn reference_methods_follow_their_model() {
+    let vocab = 16;
+    let prompt = [3u32, 7];
+    let s = Setup { vocab, gamma: 1, action: FilterAction::Skip, bonus: false, temperature: 0.0, max_new: 20 };
+    let mut slm = build(&s, Box::new(SpeculativeSampling {}), always(), dense32());
+    slm.verifier = None;
+    let r = slm.generate(&prompt, &mut |_| {}).unwrap();
+    assert_eq!(r.generated_ids, greedy_continuation(DRAFT_SEED, vocab, &prompt, 20));
+    assert_eq!((r.stats.uploads, r.stats.skips, r.stats.uplink_bits), (0, 20, 0));
+    let mut llm = build(&s, Box::new(SpeculativeSampling {}), always(), dense32());
+    llm.draft = None;
+    let r = llm.generate(&prompt, &mut |_| {}).unwrap();
+    assert_eq!(r.generated_ids, greedy_continuation(TARGET_SEED, vocab, &prompt, 20));
+    assert!(r.kinds.iter().all(|k| *k == TokenKind::Target));
+    // Only the prompt goes up (the server produced every other token itself); each round
+    // returns ⌈log2 3⌉ + ⌈log2 16⌉ = 6 bits.
+    assert_eq!(r.stats.uplink_bits, 2 * 4);
+    assert_eq!(r.stats.downlink_bits, 20 * 6);
+    assert_eq!(r.stats.verify_calls, 20);
+}
+
+/// Scripted uploads at temperature 0: which tokens were uploaded, their verdicts, the bits on
+/// both links and the target's positions, all predicted by a direct simulation of the method.
+#[test]
+fn scripted_skipping_counts_are_exact() {
+    let vocab = 6;
+    let prompt = [1u32, 4, 2];
+    let script = vec![true, false, false, true, true, false, true, false, false, false, true, true];
+    let n = script.len();
+    let s = Setup { vocab, gamma: 1, action: FilterAction::Skip, bonus: false, temperature: 0.0, max_new: n };
+    let mut p = build(
+        &s,
+        Box::new(SpeculativeSampling {}),
+        Box::new(Script { upload: script.clone() }),
+        dense32(),
+    );
+    let mut events = vec![];
+    let r = p.generate(&prompt, &mut |e| events.push((e.id, e.kind))).unwrap();
+
+    // Direct simulation.
+    let draft = TableLm::new(vocab, DRAFT_SEED, 3.0);
+    let target = TableLm::new(vocab, TARGET_SEED, 3.0);
+    let idx = token_index_bits(vocab); // 3 bits
+    let mut hist = prompt.to_vec();
+    let mut expected = vec![];
+    let (mut up_bits, mut down_bits) = (prompt.len() as u64 * idx, 0u64);
+    let mut server_positions = prompt.len() as u64;
+    let mut unseen_device = 0u64; // skipped tokens the server has not seen
+    let mut unseen_total = 0u64; // + corrections
+    for &upload in &script {
+        let d = argmax(&draft.logits_after(&hist)) as TokenId;
+        if upload {
+            let y = argmax(&target.logits_after(&hist)) as TokenId;
+            up_bits += unseen_device * idx + idx + vocab as u64 * 32;
+            server_positions += unseen_total + 1;
+            let kind = if y == d { TokenKind::Verified } else { TokenKind::Resampled };
+            down_bits += 2 + if kind == TokenKind::Resampled { idx } else { 0 };
+            unseen_device = 0;
+            unseen_total = u64::from(kind == TokenKind::Resampled);
+            expected.push((y, kind));
+            hist.push(y);
+        } else {
+            expected.push((d, TokenKind::Skipped));
+            unseen_device += 1;
+            unseen_total += 1;
+            hist.push(d);
+        }
+    }
+    assert_eq!(events, expected);
+    let uploads = script.iter().filter(|&&u| u).count() as u64;
+    let resamples = expected.iter().filter(|e| e.1 == TokenKind::Resampled).count() as u64;
+    assert!(resamples > 0 && resamples < uploads, "the script must mix verdicts");
+    let st = &r.stats;
+    assert_eq!(st.uploads, uploads);
+    assert_eq!(st.draft_n, uploads);
+    assert_eq!(st.skips, n as u64 - uploads);
+    assert_eq!(st.resamples, resamples);
+    assert_eq!(st.draft_n_accepted, uploads - resamples);
+    assert_eq!(st.verify_calls, uploads);
+    assert_eq!(st.uplink_bits, up_bits);
+    assert_eq!(st.downlink_bits, down_bits);
+    assert_eq!(st.server_tokens, server_positions);
+    assert_eq!(st.generated_tokens, n);
+    assert!((st.upload_rate - uploads as f64 / n as f64).abs() < 1e-12);
+}
+
+/// A skipped token after an uploaded one in the same round (γ = 2) is discarded when the
+/// uploaded one is rejected, and the draft model is rolled back past it.
+#[test]
+fn rejection_discards_later_skipped_tokens_of_the_round() {
+    let vocab = 6;
+    let prompt = [1u32, 4, 2];
+    let script: Vec<bool> = (0..30).map(|i| i % 3 != 1).collect();
+    let s = Setup { vocab, gamma: 2, action: FilterAction::Skip, bonus: false, temperature: 0.0, max_new: 30 };
+    let mut p = build(&s, Box::new(SpeculativeSampling {}), Box::new(Script { upload: script }), dense32());
+    let r = p.generate(&prompt, &mut |_| {}).unwrap();
+    // Every committed token must be the greedy choice of whichever model decided it, given the
+    // committed history: replay and check.
+    let draft = TableLm::new(vocab, DRAFT_SEED, 3.0);
+    let target = TableLm::new(vocab, TARGET_SEED, 3.0);
+    let mut hist = prompt.to_vec();
+    for (&t, &k) in r.generated_ids.iter().zip(&r.kinds) {
+        let want = match k {
+            TokenKind::Skipped => argmax(&draft.logits_after(&hist)),
+            TokenKind::Verified | TokenKind::Resampled => argmax(&target.logits_after(&hist)),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(t as usize, want);
+        hist.push(t);
+    }
+    assert!(r.stats.resamples > 0);
+    assert!(r.stats.drafted > r.generated_ids.len() as u64, "some drafts were discarded");
+}
