@@ -40,7 +40,9 @@ struct Script {
 #[typetag::serde(name = "test_script")]
 impl UploadRule for Script {
     fn decide(&self, t: &TokenView<'_>, _r: &mut dyn RngCore) -> Result<UploadDecision> {
-        Ok(UploadDecision::plain(self.upload.get(t.position).copied().unwrap_or(true)))
+        Ok(UploadDecision::plain(
+            self.upload.get(t.position).copied().unwrap_or(true),
+        ))
     }
 }
 
@@ -109,7 +111,11 @@ fn target_law(vocab: usize, prompt: &[TokenId], len: usize) -> HashMap<Vec<Token
 
 /// p-value of a chi-square goodness-of-fit test of `counts` against `law` (cells with an
 /// expected count below 5 are pooled).
-fn chi_square_p(counts: &HashMap<Vec<TokenId>, u64>, law: &HashMap<Vec<TokenId>, f64>, n: u64) -> f64 {
+fn chi_square_p(
+    counts: &HashMap<Vec<TokenId>, u64>,
+    law: &HashMap<Vec<TokenId>, f64>,
+    n: u64,
+) -> f64 {
     let (mut stat, mut cells) = (0.0, 0usize);
     let (mut pooled_o, mut pooled_e) = (0.0, 0.0);
     for (seq, &p) in law {
@@ -141,16 +147,26 @@ fn sample_outputs(p: &mut Pipeline, prompt: &[TokenId], runs: u64) -> HashMap<Ve
     counts
 }
 
-fn lossless_case(s: Setup, upload: fn() -> Box<dyn UploadRule>, codec: fn() -> Box<dyn UploadCodec>) {
+fn lossless_case(
+    s: Setup,
+    upload: fn() -> Box<dyn UploadRule>,
+    codec: fn() -> Box<dyn UploadCodec>,
+) {
     let prompt = [1u32];
     let runs = 6000;
     let law = target_law(s.vocab, &prompt, s.max_new);
     let mut good = build(&s, Box::new(SpeculativeSampling {}), upload(), codec());
     let p_good = chi_square_p(&sample_outputs(&mut good, &prompt, runs), &law, runs);
-    assert!(p_good > 1e-3, "exact verification rejected as lossy: p = {p_good}");
+    assert!(
+        p_good > 1e-3,
+        "exact verification rejected as lossy: p = {p_good}"
+    );
     let mut broken = build(&s, Box::new(AcceptEverything {}), upload(), codec());
     let p_broken = chi_square_p(&sample_outputs(&mut broken, &prompt, runs), &law, runs);
-    assert!(p_broken < 1e-6, "broken verification passed as lossless: p = {p_broken}");
+    assert!(
+        p_broken < 1e-6,
+        "broken verification passed as lossless: p = {p_broken}"
+    );
 }
 
 fn always() -> Box<dyn UploadRule> {
@@ -168,32 +184,67 @@ fn token_only() -> Box<dyn UploadCodec> {
 
 #[test]
 fn lossless_standard_hlm_gamma_1() {
-    let s = Setup { vocab: 4, gamma: 1, action: FilterAction::Skip, bonus: false, temperature: 1.0, max_new: 3 };
+    let s = Setup {
+        vocab: 4,
+        gamma: 1,
+        action: FilterAction::Skip,
+        bonus: false,
+        temperature: 1.0,
+        max_new: 3,
+    };
     lossless_case(s, always, dense32);
 }
 
 #[test]
 fn lossless_classic_speculative_gamma_3_with_bonus() {
-    let s = Setup { vocab: 4, gamma: 3, action: FilterAction::StopDrafting, bonus: true, temperature: 1.0, max_new: 3 };
+    let s = Setup {
+        vocab: 4,
+        gamma: 3,
+        action: FilterAction::StopDrafting,
+        bonus: true,
+        temperature: 1.0,
+        max_new: 3,
+    };
     lossless_case(s, never, dense32);
 }
 
 #[test]
 fn lossless_gamma_2_rounds_in_skip_mode() {
-    let s = Setup { vocab: 4, gamma: 2, action: FilterAction::Skip, bonus: false, temperature: 1.0, max_new: 3 };
+    let s = Setup {
+        vocab: 4,
+        gamma: 2,
+        action: FilterAction::Skip,
+        bonus: false,
+        temperature: 1.0,
+        max_new: 3,
+    };
     lossless_case(s, always, dense32);
 }
 
 #[test]
 fn lossless_token_only_uploads() {
-    let s = Setup { vocab: 4, gamma: 1, action: FilterAction::Skip, bonus: false, temperature: 1.0, max_new: 3 };
+    let s = Setup {
+        vocab: 4,
+        gamma: 1,
+        action: FilterAction::Skip,
+        bonus: false,
+        temperature: 1.0,
+        max_new: 3,
+    };
     lossless_case(s, always, token_only);
 }
 
 /// The same seed gives the same run; another seed gives another.
 #[test]
 fn runs_are_reproducible_from_the_seed() {
-    let s = Setup { vocab: 8, gamma: 2, action: FilterAction::StopDrafting, bonus: true, temperature: 1.0, max_new: 24 };
+    let s = Setup {
+        vocab: 8,
+        gamma: 2,
+        action: FilterAction::StopDrafting,
+        bonus: true,
+        temperature: 1.0,
+        max_new: 24,
+    };
     let mut p = build(&s, Box::new(SpeculativeSampling {}), never(), dense32());
     p.generation.seed = 5;
     let a = p.generate(&[1, 2], &mut |_| {}).unwrap();
@@ -235,13 +286,32 @@ fn greedy_runs_equal_target_greedy_for_every_gamma() {
         (4, FilterAction::StopDrafting, true),
         (5, FilterAction::StopDrafting, false),
     ] {
-        let s = Setup { vocab, gamma, action, bonus, temperature: 0.0, max_new: 40 };
-        let upload = if action == FilterAction::Skip { always() } else { never() };
+        let s = Setup {
+            vocab,
+            gamma,
+            action,
+            bonus,
+            temperature: 0.0,
+            max_new: 40,
+        };
+        let upload = if action == FilterAction::Skip {
+            always()
+        } else {
+            never()
+        };
         let mut p = build(&s, Box::new(SpeculativeSampling {}), upload, dense32());
         let r = p.generate(&prompt, &mut |_| {}).unwrap();
-        assert_eq!(r.generated_ids, expected, "gamma {gamma} {action:?} bonus {bonus}");
+        assert_eq!(
+            r.generated_ids, expected,
+            "gamma {gamma} {action:?} bonus {bonus}"
+        );
         assert!(r.stats.resamples > 0, "the case must exercise rejections");
-        assert_eq!(r.stats.draft_n, r.stats.draft_n_accepted + r.stats.resamples + (r.stats.draft_n - r.stats.draft_n_accepted - r.stats.resamples));
+        assert_eq!(
+            r.stats.draft_n,
+            r.stats.draft_n_accepted
+                + r.stats.resamples
+                + (r.stats.draft_n - r.stats.draft_n_accepted - r.stats.resamples)
+        );
     }
 }
 
@@ -249,16 +319,32 @@ fn greedy_runs_equal_target_greedy_for_every_gamma() {
 fn reference_methods_follow_their_model() {
     let vocab = 16;
     let prompt = [3u32, 7];
-    let s = Setup { vocab, gamma: 1, action: FilterAction::Skip, bonus: false, temperature: 0.0, max_new: 20 };
+    let s = Setup {
+        vocab,
+        gamma: 1,
+        action: FilterAction::Skip,
+        bonus: false,
+        temperature: 0.0,
+        max_new: 20,
+    };
     let mut slm = build(&s, Box::new(SpeculativeSampling {}), always(), dense32());
     slm.verifier = None;
     let r = slm.generate(&prompt, &mut |_| {}).unwrap();
-    assert_eq!(r.generated_ids, greedy_continuation(DRAFT_SEED, vocab, &prompt, 20));
-    assert_eq!((r.stats.uploads, r.stats.skips, r.stats.uplink_bits), (0, 20, 0));
+    assert_eq!(
+        r.generated_ids,
+        greedy_continuation(DRAFT_SEED, vocab, &prompt, 20)
+    );
+    assert_eq!(
+        (r.stats.uploads, r.stats.skips, r.stats.uplink_bits),
+        (0, 20, 0)
+    );
     let mut llm = build(&s, Box::new(SpeculativeSampling {}), always(), dense32());
     llm.draft = None;
     let r = llm.generate(&prompt, &mut |_| {}).unwrap();
-    assert_eq!(r.generated_ids, greedy_continuation(TARGET_SEED, vocab, &prompt, 20));
+    assert_eq!(
+        r.generated_ids,
+        greedy_continuation(TARGET_SEED, vocab, &prompt, 20)
+    );
     assert!(r.kinds.iter().all(|k| *k == TokenKind::Target));
     // Only the prompt goes up (the server produced every other token itself); each round
     // returns ⌈log2 3⌉ + ⌈log2 16⌉ = 6 bits.
@@ -273,17 +359,30 @@ fn reference_methods_follow_their_model() {
 fn scripted_skipping_counts_are_exact() {
     let vocab = 6;
     let prompt = [1u32, 4, 2];
-    let script = vec![true, false, false, true, true, false, true, false, false, false, true, true];
+    let script = vec![
+        true, false, false, true, true, false, true, false, false, false, true, true,
+    ];
     let n = script.len();
-    let s = Setup { vocab, gamma: 1, action: FilterAction::Skip, bonus: false, temperature: 0.0, max_new: n };
+    let s = Setup {
+        vocab,
+        gamma: 1,
+        action: FilterAction::Skip,
+        bonus: false,
+        temperature: 0.0,
+        max_new: n,
+    };
     let mut p = build(
         &s,
         Box::new(SpeculativeSampling {}),
-        Box::new(Script { upload: script.clone() }),
+        Box::new(Script {
+            upload: script.clone(),
+        }),
         dense32(),
     );
     let mut events = vec![];
-    let r = p.generate(&prompt, &mut |e| events.push((e.id, e.kind))).unwrap();
+    let r = p
+        .generate(&prompt, &mut |e| events.push((e.id, e.kind)))
+        .unwrap();
 
     // Direct simulation.
     let draft = TableLm::new(vocab, DRAFT_SEED, 3.0);
@@ -301,7 +400,11 @@ fn scripted_skipping_counts_are_exact() {
             let y = argmax(&target.logits_after(&hist)) as TokenId;
             up_bits += unseen_device * idx + idx + vocab as u64 * 32;
             server_positions += unseen_total + 1;
-            let kind = if y == d { TokenKind::Verified } else { TokenKind::Resampled };
+            let kind = if y == d {
+                TokenKind::Verified
+            } else {
+                TokenKind::Resampled
+            };
             down_bits += 2 + if kind == TokenKind::Resampled { idx } else { 0 };
             unseen_device = 0;
             unseen_total = u64::from(kind == TokenKind::Resampled);
@@ -316,8 +419,14 @@ fn scripted_skipping_counts_are_exact() {
     }
     assert_eq!(events, expected);
     let uploads = script.iter().filter(|&&u| u).count() as u64;
-    let resamples = expected.iter().filter(|e| e.1 == TokenKind::Resampled).count() as u64;
-    assert!(resamples > 0 && resamples < uploads, "the script must mix verdicts");
+    let resamples = expected
+        .iter()
+        .filter(|e| e.1 == TokenKind::Resampled)
+        .count() as u64;
+    assert!(
+        resamples > 0 && resamples < uploads,
+        "the script must mix verdicts"
+    );
     let st = &r.stats;
     assert_eq!(st.uploads, uploads);
     assert_eq!(st.draft_n, uploads);
@@ -339,8 +448,20 @@ fn rejection_discards_later_skipped_tokens_of_the_round() {
     let vocab = 6;
     let prompt = [1u32, 4, 2];
     let script: Vec<bool> = (0..30).map(|i| i % 3 != 1).collect();
-    let s = Setup { vocab, gamma: 2, action: FilterAction::Skip, bonus: false, temperature: 0.0, max_new: 30 };
-    let mut p = build(&s, Box::new(SpeculativeSampling {}), Box::new(Script { upload: script }), dense32());
+    let s = Setup {
+        vocab,
+        gamma: 2,
+        action: FilterAction::Skip,
+        bonus: false,
+        temperature: 0.0,
+        max_new: 30,
+    };
+    let mut p = build(
+        &s,
+        Box::new(SpeculativeSampling {}),
+        Box::new(Script { upload: script }),
+        dense32(),
+    );
     let r = p.generate(&prompt, &mut |_| {}).unwrap();
     // Every committed token must be the greedy choice of whichever model decided it, given the
     // committed history: replay and check.
@@ -357,5 +478,8 @@ fn rejection_discards_later_skipped_tokens_of_the_round() {
         hist.push(t);
     }
     assert!(r.stats.resamples > 0);
-    assert!(r.stats.drafted > r.generated_ids.len() as u64, "some drafts were discarded");
+    assert!(
+        r.stats.drafted > r.generated_ids.len() as u64,
+        "some drafts were discarded"
+    );
 }

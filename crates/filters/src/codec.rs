@@ -1,6 +1,8 @@
 //! Upload codecs: dense, top-k, CU-HLM's adaptive top-k, token-only.
 
-use hlm_core::{CodecHints, HlmError, ProbQuantization, Result, TokenId, UploadCodec, UploadPayload};
+use hlm_core::{
+    CodecHints, HlmError, ProbQuantization, Result, TokenId, UploadCodec, UploadPayload,
+};
 use serde::{Deserialize, Serialize};
 
 fn quantization(bits: u32) -> Result<ProbQuantization> {
@@ -37,13 +39,20 @@ impl UploadCodec for DenseCodec {
 /// Indices of the probabilities in descending order (ties by index).
 fn sorted_desc(probs: &[f32]) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..probs.len() as u32).collect();
-    idx.sort_unstable_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+    idx.sort_unstable_by(|&a, &b| {
+        probs[b as usize]
+            .total_cmp(&probs[a as usize])
+            .then(a.cmp(&b))
+    });
     idx
 }
 
 fn top_k_payload(probs: &[f32], order: &[u32], k: usize, q: ProbQuantization) -> UploadPayload {
     let indices: Vec<TokenId> = order[..k].to_vec();
-    let kept = indices.iter().map(|&i| q.roundtrip(probs[i as usize])).collect();
+    let kept = indices
+        .iter()
+        .map(|&i| q.roundtrip(probs[i as usize]))
+        .collect();
     UploadPayload::TopK {
         quantization: q,
         indices,
@@ -71,7 +80,11 @@ impl UploadCodec for TopKCodec {
         let k = self.k.min(probs.len());
         // Partial selection first: sorting 150k entries for k = 30 would be wasteful.
         let mut idx: Vec<u32> = (0..probs.len() as u32).collect();
-        let cmp = |a: &u32, b: &u32| probs[*b as usize].total_cmp(&probs[*a as usize]).then(a.cmp(b));
+        let cmp = |a: &u32, b: &u32| {
+            probs[*b as usize]
+                .total_cmp(&probs[*a as usize])
+                .then(a.cmp(b))
+        };
         if k < idx.len() {
             idx.select_nth_unstable_by(k, cmp);
             idx.truncate(k);
@@ -82,7 +95,11 @@ impl UploadCodec for TopKCodec {
     fn validate(&self, vocab: usize) -> Result<()> {
         quantization(self.bits)?;
         if self.k == 0 || self.k > vocab {
-            return Err(HlmError::invalid("codec.k", self.k, format!("must be in 1..={vocab}")));
+            return Err(HlmError::invalid(
+                "codec.k",
+                self.k,
+                format!("must be in 1..={vocab}"),
+            ));
         }
         Ok(())
     }
@@ -146,7 +163,12 @@ impl AdaptiveTopK {
     }
 
     /// The k* of the online rule for this distribution.
-    pub fn choose_k(&self, probs: &[f32], draft: TokenId, uncertainty: Option<f32>) -> (usize, Vec<u32>) {
+    pub fn choose_k(
+        &self,
+        probs: &[f32],
+        draft: TokenId,
+        uncertainty: Option<f32>,
+    ) -> (usize, Vec<u32>) {
         let order = sorted_desc(probs);
         let sorted: Vec<f64> = order.iter().map(|&i| probs[i as usize] as f64).collect();
         let mut suffix = vec![0.0f64; sorted.len() + 1];
@@ -175,11 +197,19 @@ impl UploadCodec for AdaptiveTopK {
     fn validate(&self, vocab: usize) -> Result<()> {
         quantization(self.bits)?;
         if !(self.theta.is_finite() && self.theta > 0.0) {
-            return Err(HlmError::invalid("codec.theta", self.theta, "the TV budget must be > 0"));
+            return Err(HlmError::invalid(
+                "codec.theta",
+                self.theta,
+                "the TV budget must be > 0",
+            ));
         }
         if let Some(k) = self.max_k {
             if k == 0 || k > vocab {
-                return Err(HlmError::invalid("codec.max_k", k, format!("must be in 1..={vocab}")));
+                return Err(HlmError::invalid(
+                    "codec.max_k",
+                    k,
+                    format!("must be in 1..={vocab}"),
+                ));
             }
         }
         Ok(())
@@ -227,7 +257,11 @@ mod tests {
             let brute = (1..=300)
                 .find(|&k| {
                     let tail: f64 = sorted[k..].iter().sum();
-                    let c = if k < 300 { tail / (300 - k) as f64 } else { 0.0 };
+                    let c = if k < 300 {
+                        tail / (300 - k) as f64
+                    } else {
+                        0.0
+                    };
                     let err: f64 = sorted[k..].iter().map(|&x| (x - c).abs()).sum();
                     err / denom <= codec.theta
                 })
@@ -239,7 +273,9 @@ mod tests {
     #[test]
     fn top_k_keeps_the_largest_in_order() {
         let probs = [0.05f32, 0.4, 0.1, 0.3, 0.15];
-        let p = TopKCodec { k: 3, bits: 32 }.encode(&probs, 0, &CodecHints::default()).unwrap();
+        let p = TopKCodec { k: 3, bits: 32 }
+            .encode(&probs, 0, &CodecHints::default())
+            .unwrap();
         match p {
             UploadPayload::TopK { indices, probs, .. } => {
                 assert_eq!(indices, vec![1, 3, 4]);
@@ -253,7 +289,9 @@ mod tests {
     #[test]
     fn dense_quantises_to_the_declared_bits() {
         let probs = [0.5f32, 0.25, 0.25];
-        let p = DenseCodec { bits: 8 }.encode(&probs, 0, &CodecHints::default()).unwrap();
+        let p = DenseCodec { bits: 8 }
+            .encode(&probs, 0, &CodecHints::default())
+            .unwrap();
         assert_eq!(p.bits(3), 24);
         if let UploadPayload::Dense { probs, .. } = p {
             assert_eq!(probs, vec![128.0 / 255.0, 64.0 / 255.0, 64.0 / 255.0]);

@@ -4,7 +4,9 @@
 //! makes every choice a parameter. Defaults: last layer, mean over heads, attention sink
 //! (position 0) excluded, score = the weight the newest query puts on the newest token.
 
-use hlm_core::{AttentionMap, HlmError, ImportanceScorer, ImportanceSignal, LayerSelection, Result};
+use hlm_core::{
+    AttentionMap, HlmError, ImportanceScorer, ImportanceSignal, LayerSelection, Result,
+};
 use serde::{Deserialize, Serialize};
 
 /// How heads (and layers) are combined into one attention row.
@@ -56,7 +58,14 @@ impl Default for AttentionImportance {
 }
 
 fn combine(rows: &[Vec<f32>], how: HeadAggregation, n: usize) -> Vec<f32> {
-    let mut out = vec![if how == HeadAggregation::Max { f32::NEG_INFINITY } else { 0.0 }; n];
+    let mut out = vec![
+        if how == HeadAggregation::Max {
+            f32::NEG_INFINITY
+        } else {
+            0.0
+        };
+        n
+    ];
     for r in rows {
         for (o, &v) in out.iter_mut().zip(r) {
             match how {
@@ -81,7 +90,9 @@ impl ImportanceScorer for AttentionImportance {
     fn score(&self, attention: &AttentionMap) -> Result<ImportanceSignal> {
         let n = attention.context_len();
         if n == 0 || attention.layers.is_empty() {
-            return Err(HlmError::Filter("the draft model returned no attention".into()));
+            return Err(HlmError::Filter(
+                "the draft model returned no attention".into(),
+            ));
         }
         let mut layer_rows = Vec::with_capacity(attention.layers.len());
         for l in &attention.layers {
@@ -151,7 +162,10 @@ mod tests {
     fn ragged_attention_is_an_error() {
         let mut m = map();
         m.layers[1].heads[0].pop();
-        let e = AttentionImportance::default().score(&m).unwrap_err().to_string();
+        let e = AttentionImportance::default()
+            .score(&m)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unequal length"), "{e}");
     }
 }

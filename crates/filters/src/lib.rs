@@ -17,8 +17,13 @@ pub mod uncertainty;
 
 pub use codec::{AdaptiveTopK, DenseCodec, TokenOnlyCodec, TopKCodec};
 pub use importance::{AttentionImportance, HeadAggregation, ImportanceTarget};
-pub use rule::{AlwaysUpload, Combine, ImportanceCondition, NeverUpload, RandomSkip, TokenFilter, UncertaintyCondition};
-pub use threshold::{FixedThreshold, MeanStdThreshold, QuantileThreshold, RiskBoundThreshold, ScaledUniformThreshold};
+pub use rule::{
+    AlwaysUpload, Combine, ImportanceCondition, NeverUpload, RandomSkip, TokenFilter,
+    UncertaintyCondition,
+};
+pub use threshold::{
+    FixedThreshold, MeanStdThreshold, QuantileThreshold, RiskBoundThreshold, ScaledUniformThreshold,
+};
 pub use uncertainty::{Entropy, TemperaturePerturbation, TemperatureSpacing, TopProbabilityMargin};
 
 /// Make sure the plug-ins of this crate are linked into a binary that only names them in config

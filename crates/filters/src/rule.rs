@@ -46,7 +46,11 @@ impl UploadRule for RandomSkip {
     }
     fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.skip_rate) {
-            return Err(HlmError::invalid("upload.skip_rate", self.skip_rate, "a probability in [0, 1]"));
+            return Err(HlmError::invalid(
+                "upload.skip_rate",
+                self.skip_rate,
+                "a probability in [0, 1]",
+            ));
         }
         Ok(())
     }
@@ -116,7 +120,9 @@ impl UploadRule for TokenFilter {
         let important = match &self.importance {
             Some(c) => {
                 let att = t.attention.ok_or_else(|| {
-                    HlmError::Filter("the importance filter needs attention from the draft model".into())
+                    HlmError::Filter(
+                        "the importance filter needs attention from the draft model".into(),
+                    )
                 })?;
                 let s = c.scorer.score(att)?;
                 let th = c.threshold.threshold(&s.population)?;

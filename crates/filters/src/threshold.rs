@@ -52,10 +52,18 @@ impl ThresholdPolicy for RiskBoundThreshold {
     }
     fn validate(&self) -> Result<()> {
         if !(self.a.is_finite() && self.a > 0.0) {
-            return Err(HlmError::invalid("a", self.a, "the slope must be a finite number > 0"));
+            return Err(HlmError::invalid(
+                "a",
+                self.a,
+                "the slope must be a finite number > 0",
+            ));
         }
         if !(0.0..=1.0).contains(&self.max_risk) {
-            return Err(HlmError::invalid("max_risk", self.max_risk, "a probability in [0, 1]"));
+            return Err(HlmError::invalid(
+                "max_risk",
+                self.max_risk,
+                "a probability in [0, 1]",
+            ));
         }
         Ok(())
     }
@@ -119,7 +127,11 @@ impl ThresholdPolicy for ScaledUniformThreshold {
     }
     fn validate(&self) -> Result<()> {
         if !(self.lambda.is_finite() && self.lambda >= 0.0) {
-            return Err(HlmError::invalid("lambda", self.lambda, "must be a finite number >= 0"));
+            return Err(HlmError::invalid(
+                "lambda",
+                self.lambda,
+                "must be a finite number >= 0",
+            ));
         }
         Ok(())
     }
@@ -170,12 +182,22 @@ mod tests {
         // mean 0.25, population std sqrt(0.0125) = 0.1118
         let t = MeanStdThreshold { lambda: 1.0 }.threshold(&pop).unwrap();
         assert!((t - 0.361_803_4).abs() < 1e-6, "{t}");
-        assert_eq!(ScaledUniformThreshold { lambda: 2.0 }.threshold(&pop).unwrap(), 0.5);
+        assert_eq!(
+            ScaledUniformThreshold { lambda: 2.0 }
+                .threshold(&pop)
+                .unwrap(),
+            0.5
+        );
         assert!((QuantileThreshold { q: 0.5 }.threshold(&pop).unwrap() - 0.25).abs() < 1e-6);
         assert_eq!(QuantileThreshold { q: 1.0 }.threshold(&pop).unwrap(), 0.4);
         let r = RiskBoundThreshold::default().threshold(&[]).unwrap();
         assert!((r - 0.066 / 0.815).abs() < 1e-6);
-        let r = RiskBoundThreshold { max_risk: 0.29, ..Default::default() }.threshold(&[]).unwrap();
+        let r = RiskBoundThreshold {
+            max_risk: 0.29,
+            ..Default::default()
+        }
+        .threshold(&[])
+        .unwrap();
         assert!((r - 0.436_81).abs() < 1e-4, "{r}");
     }
 
@@ -195,7 +217,9 @@ mod tests {
         let t = MeanStdThreshold { lambda: 0.0 }.threshold(&flat).unwrap();
         assert!(flat.iter().all(|&v| v <= t + 1e-7));
         // λ/n with λ < 1 keeps a uniform row important.
-        let t = ScaledUniformThreshold { lambda: 0.9 }.threshold(&flat).unwrap();
+        let t = ScaledUniformThreshold { lambda: 0.9 }
+            .threshold(&flat)
+            .unwrap();
         assert!(flat.iter().all(|&v| v > t));
     }
 }

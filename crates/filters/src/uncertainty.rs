@@ -86,7 +86,11 @@ impl UncertaintyEstimator for TemperaturePerturbation {
             return Err(HlmError::invalid("samples", 0, "K must be at least 1"));
         }
         if !(self.theta_max.is_finite() && self.theta_max > 0.0) {
-            return Err(HlmError::invalid("theta_max", self.theta_max, "must be a finite number > 0"));
+            return Err(HlmError::invalid(
+                "theta_max",
+                self.theta_max,
+                "must be a finite number > 0",
+            ));
         }
         Ok(())
     }
@@ -155,7 +159,10 @@ mod tests {
         let mut acc = 0.0f64;
         for i in 0..steps {
             let theta = (i as f64 + 0.5) / steps as f64 * 2.0;
-            let e: Vec<f64> = logits.iter().map(|&l| ((l as f64 - 2.0) / theta).exp()).collect();
+            let e: Vec<f64> = logits
+                .iter()
+                .map(|&l| ((l as f64 - 2.0) / theta).exp())
+                .collect();
             acc += e[0] / e.iter().sum::<f64>();
         }
         let expected = 1.0 - acc / steps as f64;
@@ -181,7 +188,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(even.estimate(&logits, 0, &mut rng()).unwrap(), 0.0);
-        assert!(TemperaturePerturbation { samples: 0, ..Default::default() }.validate().is_err());
+        assert!(
+            TemperaturePerturbation {
+                samples: 0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]

@@ -151,7 +151,11 @@ impl PipelineConfig {
         let origin = if overrides.is_empty() {
             path.display().to_string()
         } else {
-            format!("{} (with --set {})", path.display(), overrides.join(" --set "))
+            format!(
+                "{} (with --set {})",
+                path.display(),
+                overrides.join(" --set ")
+            )
         };
         Self::parse(&text, &origin, overrides)
     }
@@ -162,7 +166,9 @@ impl PipelineConfig {
             origin: origin.to_string(),
             message,
         };
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err(e.to_string()))?;
         for o in overrides {
             apply_override(&mut table, o).map_err(err)?;
         }
@@ -190,7 +196,11 @@ impl PipelineConfig {
     pub fn validate(&self) -> Result<()> {
         let g = &self.generation;
         if g.max_new_tokens == 0 {
-            return Err(HlmError::invalid("generation.max_new_tokens", 0, "must be at least 1"));
+            return Err(HlmError::invalid(
+                "generation.max_new_tokens",
+                0,
+                "must be at least 1",
+            ));
         }
         if !(g.temperature.is_finite() && g.temperature >= 0.0) {
             return Err(HlmError::invalid(
@@ -200,7 +210,11 @@ impl PipelineConfig {
             ));
         }
         if self.speculation.gamma == 0 {
-            return Err(HlmError::invalid("speculation.gamma", 0, "must be at least 1"));
+            return Err(HlmError::invalid(
+                "speculation.gamma",
+                0,
+                "must be at least 1",
+            ));
         }
         match (&self.draft, &self.verifier) {
             (None, None) => {
@@ -243,7 +257,10 @@ impl PipelineConfig {
 
 /// Apply one `a.b.c=value` override. The value is parsed as TOML (`3`, `0.5`, `true`,
 /// `"text"`, `[1, 2]`, `{ type = "x" }`); anything that does not parse is taken as a string.
-pub fn apply_override(table: &mut toml::Table, assignment: &str) -> std::result::Result<(), String> {
+pub fn apply_override(
+    table: &mut toml::Table,
+    assignment: &str,
+) -> std::result::Result<(), String> {
     let (key, raw) = assignment
         .split_once('=')
         .ok_or_else(|| format!("override `{assignment}` is not of the form KEY=VALUE"))?;
@@ -279,7 +296,9 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> std::result:
 fn parse_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -298,7 +317,14 @@ mod tests {
         assert_eq!(t["verifier"]["address"].as_str(), Some("127.0.0.1:9000"));
         assert_eq!(t["speculation"]["bonus_token"].as_bool(), Some(true));
         let e = apply_override(&mut t, "generation.seed.x=1").unwrap_err();
-        assert!(e.contains("`generation.seed` is a integer, not a table"), "{e}");
-        assert!(apply_override(&mut t, "novalue").unwrap_err().contains("KEY=VALUE"));
+        assert!(
+            e.contains("`generation.seed` is a integer, not a table"),
+            "{e}"
+        );
+        assert!(
+            apply_override(&mut t, "novalue")
+                .unwrap_err()
+                .contains("KEY=VALUE")
+        );
     }
 }

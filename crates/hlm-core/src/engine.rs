@@ -144,7 +144,11 @@ impl Pipeline {
         on_token: &mut dyn FnMut(&TokenEvent),
     ) -> Result<RunReport> {
         if prompt.is_empty() {
-            return Err(HlmError::invalid("prompt", "\"\"", "the prompt encodes to no tokens"));
+            return Err(HlmError::invalid(
+                "prompt",
+                "\"\"",
+                "the prompt encodes to no tokens",
+            ));
         }
         let vocab = self.vocab_size();
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
@@ -163,7 +167,10 @@ impl Pipeline {
         .flatten()
         {
             if need > max {
-                return Err(HlmError::ContextOverflow { requested: need, max });
+                return Err(HlmError::ContextOverflow {
+                    requested: need,
+                    max,
+                });
             }
         }
         let mut run = Run::new(self, prompt, on_token);
@@ -199,7 +206,11 @@ struct Pending {
 }
 
 impl<'p, 'c> Run<'p, 'c> {
-    fn new(p: &'p mut Pipeline, prompt: &[TokenId], on_token: &'c mut dyn FnMut(&TokenEvent)) -> Self {
+    fn new(
+        p: &'p mut Pipeline,
+        prompt: &[TokenId],
+        on_token: &'c mut dyn FnMut(&TokenEvent),
+    ) -> Self {
         let seed = p.generation.seed;
         let stream = |s: u64| {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
@@ -207,7 +218,10 @@ impl<'p, 'c> Run<'p, 'c> {
             r
         };
         let eos = if p.generation.stop_at_eos {
-            p.tokenizer.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default()
+            p.tokenizer
+                .as_ref()
+                .map(|t| t.eos_ids().to_vec())
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -335,7 +349,11 @@ impl<'p, 'c> Run<'p, 'c> {
         let t0 = Instant::now();
         let probs = softmax_with_temperature(logits, self.p.generation.temperature);
         let d = sample(&probs, &mut self.rng_draft) as TokenId;
-        let draft = self.p.draft.as_mut().ok_or_else(|| HlmError::Model("no draft model".into()))?;
+        let draft = self
+            .p
+            .draft
+            .as_mut()
+            .ok_or_else(|| HlmError::Model("no draft model".into()))?;
         let step = draft.forward(&[d], attention)?;
         self.stats.drafted += 1;
         Ok((d, probs, step, t0))
@@ -399,7 +417,11 @@ impl<'p, 'c> Run<'p, 'c> {
             }
         }
         let uplink = self.send(up_bits, Direction::Uplink)?;
-        let verifier = self.p.verifier.as_mut().ok_or_else(|| HlmError::Verifier("no verifier".into()))?;
+        let verifier = self
+            .p
+            .verifier
+            .as_mut()
+            .ok_or_else(|| HlmError::Verifier("no verifier".into()))?;
         let outcome = verifier.verify(req)?;
         outcome.validate(req)?;
         self.stats.verify_calls += 1;
@@ -438,9 +460,17 @@ impl<'p, 'c> Run<'p, 'c> {
                 attention: step.attention.as_ref(),
                 position: self.committed.len() + round.len(),
             };
-            let upload = self.p.upload.as_ref().ok_or_else(|| HlmError::invalid("upload", "absent", "required"))?;
+            let upload = self
+                .p
+                .upload
+                .as_ref()
+                .ok_or_else(|| HlmError::invalid("upload", "absent", "required"))?;
             let decision = upload.decide(&view, &mut self.rng_filter)?;
-            let codec = self.p.codec.as_ref().ok_or_else(|| HlmError::invalid("codec", "absent", "required"))?;
+            let codec = self
+                .p
+                .codec
+                .as_ref()
+                .ok_or_else(|| HlmError::invalid("codec", "absent", "required"))?;
             let hints = CodecHints {
                 uncertainty: decision.uncertainty,
             };
@@ -466,11 +496,17 @@ impl<'p, 'c> Run<'p, 'c> {
                         self.commit(d, TokenKind::Skipped);
                         continue;
                     }
-                    round.push(Pending { token: d, payload: None });
+                    round.push(Pending {
+                        token: d,
+                        payload: None,
+                    });
                     false
                 }
                 Some(p) => {
-                    round.push(Pending { token: d, payload: Some(p) });
+                    round.push(Pending {
+                        token: d,
+                        payload: Some(p),
+                    });
                     uploaded_in_round += 1;
                     match action {
                         FilterAction::Skip => uploaded_in_round >= gamma,
@@ -491,7 +527,11 @@ impl<'p, 'c> Run<'p, 'c> {
 
     /// Verify one round, commit its outcome and roll the draft model back if needed. Returns the
     /// draft model's logits for the next position.
-    fn verify_round(&mut self, round: Vec<Pending>, logits_after_round: Vec<f32>) -> Result<Vec<f32>> {
+    fn verify_round(
+        &mut self,
+        round: Vec<Pending>,
+        logits_after_round: Vec<f32>,
+    ) -> Result<Vec<f32>> {
         let (context, context_bits) = self.take_unsent_context();
         let last_is_eos = round.last().is_some_and(|p| self.eos.contains(&p.token));
         let room = self.committed.len() + round.len() < self.max_new();
@@ -552,7 +592,11 @@ impl<'p, 'c> Run<'p, 'c> {
             return Ok(logits_after_round);
         }
         let t0 = Instant::now();
-        let draft = self.p.draft.as_mut().ok_or_else(|| HlmError::Model("no draft model".into()))?;
+        let draft = self
+            .p
+            .draft
+            .as_mut()
+            .ok_or_else(|| HlmError::Model("no draft model".into()))?;
         if stood < round.len() {
             draft.truncate(base + stood)?;
         }

@@ -57,7 +57,11 @@ pub enum HlmError {
 
 impl HlmError {
     /// Shorthand for [`HlmError::InvalidParameter`].
-    pub fn invalid(key: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> Self {
+    pub fn invalid(
+        key: impl Into<String>,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
         HlmError::InvalidParameter {
             key: key.into(),
             value: value.to_string(),

@@ -48,7 +48,9 @@ pub use filter::{
     UploadDecision, UploadRule,
 };
 pub use link::{Direction, LinkModel, Transfer};
-pub use model::{BuildContext, DraftModel, DraftModelSpec, DraftStep, TargetModel, TargetModelSpec};
+pub use model::{
+    BuildContext, DraftModel, DraftModelSpec, DraftStep, TargetModel, TargetModelSpec,
+};
 pub use speculative::{AcceptanceRule, GreedyMatch, Judgement, SpeculativeSampling};
 pub use stats::{RunStats, TokenEvent, TokenKind};
 pub use tokenizer::{StreamDecoder, TextTokenizer};

@@ -29,8 +29,11 @@ pub trait DraftModel: Send {
     fn context_len(&self) -> usize;
     /// Append `tokens` (at least one) and return the logits after the last of them, plus the
     /// attention of the newest position for the selected layers when `attention` is `Some`.
-    fn forward(&mut self, tokens: &[TokenId], attention: Option<&LayerSelection>)
-    -> Result<DraftStep>;
+    fn forward(
+        &mut self,
+        tokens: &[TokenId],
+        attention: Option<&LayerSelection>,
+    ) -> Result<DraftStep>;
     /// Roll the KV state back to `len` tokens (`len <= context_len()`).
     fn truncate(&mut self, len: usize) -> Result<()>;
     /// The tokenizer, when the model carries one.

@@ -8,8 +8,8 @@
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use crate::sampling::{argmax, sample, sample_weights};
 use crate::TokenId;
+use crate::sampling::{argmax, sample, sample_weights};
 
 /// The verdict on one uploaded draft token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,11 @@ mod tests {
         }
         for i in 0..4 {
             let p = counts[i] / n as f64;
-            assert!((p - y[i] as f64).abs() < 0.005, "token {i}: {p} vs {}", y[i]);
+            assert!(
+                (p - y[i] as f64).abs() < 0.005,
+                "token {i}: {p} vs {}",
+                y[i]
+            );
         }
     }
 
@@ -119,7 +123,13 @@ mod tests {
     fn greedy_returns_target_argmax() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let g = GreedyMatch {};
-        assert_eq!(g.judge(2, &[], &[0.1, 0.2, 0.7], &mut rng), Judgement::Accept);
-        assert_eq!(g.judge(0, &[], &[0.1, 0.2, 0.7], &mut rng), Judgement::Reject(2));
+        assert_eq!(
+            g.judge(2, &[], &[0.1, 0.2, 0.7], &mut rng),
+            Judgement::Accept
+        );
+        assert_eq!(
+            g.judge(0, &[], &[0.1, 0.2, 0.7], &mut rng),
+            Judgement::Reject(2)
+        );
     }
 }

@@ -119,7 +119,8 @@ impl RunStats {
     pub(crate) fn finish(&mut self, committed_by_verification: u64, wall_s: f64) {
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         self.acceptance_rate = ratio(self.draft_n_accepted as f64, self.draft_n as f64);
-        self.mean_accepted_length = ratio(committed_by_verification as f64, self.verify_calls as f64);
+        self.mean_accepted_length =
+            ratio(committed_by_verification as f64, self.verify_calls as f64);
         self.acceptance_by_position = self
             .tested_by_position
             .iter()

@@ -62,7 +62,9 @@ impl LayerSelection {
                         return Err(crate::HlmError::invalid(
                             "layers",
                             i,
-                            format!("the model has {n_layers} layers (valid: 0..{n_layers} or -{n_layers}..-1)"),
+                            format!(
+                                "the model has {n_layers} layers (valid: 0..{n_layers} or -{n_layers}..-1)"
+                            ),
                         ));
                     }
                     v.push(r as usize);

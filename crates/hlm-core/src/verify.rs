@@ -88,7 +88,11 @@ impl VerifyOutcome {
     /// Check the verdicts against the request they answer; a verifier on the other side of a
     /// network may be wrong, and the engine must never act on an inconsistent answer.
     pub fn validate(&self, request: &VerifyRequest) -> Result<()> {
-        let bad = |m: String| Err(crate::HlmError::Verifier(format!("inconsistent verdicts: {m}")));
+        let bad = |m: String| {
+            Err(crate::HlmError::Verifier(format!(
+                "inconsistent verdicts: {m}"
+            )))
+        };
         let n = request.drafts.len();
         for (i, v) in self.verdicts.iter().enumerate() {
             let last = i + 1 == self.verdicts.len();
@@ -99,24 +103,34 @@ impl VerifyOutcome {
                     }
                     let skipped = request.drafts[i].payload.is_none();
                     if skipped != matches!(v, Verdict::Unverified) {
-                        return bad(format!("verdict {i} is {v:?} for a draft with payload = {}", !skipped));
+                        return bad(format!(
+                            "verdict {i} is {v:?} for a draft with payload = {}",
+                            !skipped
+                        ));
                     }
                 }
                 Verdict::Resampled(_) => {
                     if !last || i >= n || request.drafts[i].payload.is_none() {
-                        return bad(format!("resample at {i} is not the last verdict of an uploaded draft"));
+                        return bad(format!(
+                            "resample at {i} is not the last verdict of an uploaded draft"
+                        ));
                     }
                 }
                 Verdict::Bonus(_) => {
                     if !last || i != n || !request.bonus {
-                        return bad(format!("bonus at {i} without all {n} drafts accepted or not requested"));
+                        return bad(format!(
+                            "bonus at {i} without all {n} drafts accepted or not requested"
+                        ));
                     }
                 }
             }
         }
         let ended = matches!(self.verdicts.last(), Some(Verdict::Resampled(_)));
         if !ended && self.verdicts.len() < n {
-            return bad(format!("only {} verdicts for {n} drafts", self.verdicts.len()));
+            return bad(format!(
+                "only {} verdicts for {n} drafts",
+                self.verdicts.len()
+            ));
         }
         if !ended && request.bonus && self.verdicts.len() == n {
             return bad("bonus token requested but not returned".into());

@@ -63,7 +63,9 @@ impl TableLm {
     }
 
     fn project(&self, m: &[Vec<f32>], x: &[f32]) -> Vec<f32> {
-        m.iter().map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+        m.iter()
+            .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
     }
 
     /// One causal attention head: the newest position attends to every position.
@@ -116,7 +118,11 @@ impl DraftModel for TableLm {
     fn context_len(&self) -> usize {
         self.history.len()
     }
-    fn forward(&mut self, tokens: &[TokenId], attention: Option<&LayerSelection>) -> Result<DraftStep> {
+    fn forward(
+        &mut self,
+        tokens: &[TokenId],
+        attention: Option<&LayerSelection>,
+    ) -> Result<DraftStep> {
         self.check_tokens(tokens)?;
         self.history.extend_from_slice(tokens);
         self.positions += tokens.len() as u64;
