@@ -7,6 +7,7 @@
 //!
 //! Transformer models on burn (LLaMA, Qwen2 from GGUF and safetensors) live here as well.
 
+pub mod gguf;
 pub mod verifier;
 
 pub use verifier::{LocalVerifier, LocalVerifierSpec, RuleChoice};

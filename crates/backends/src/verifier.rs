@@ -41,16 +41,6 @@ impl LocalVerifier {
             last_logits: None,
         }
     }
-
-    fn rule(&self) -> &dyn AcceptanceRule {
-        // Temperature 0 makes both distributions one-hot; greedy matching is the same rule
-        // without building them.
-        if self.temperature <= 0.0 {
-            &self.greedy
-        } else {
-            self.rule.as_ref()
-        }
-    }
 }
 
 impl Verifier for LocalVerifier {
@@ -116,7 +106,14 @@ impl Verifier for LocalVerifier {
             };
             let x = payload.reconstruct(d.token, vocab)?;
             let y = softmax_with_temperature(&predictive[i], self.temperature);
-            match self.rule().judge(d.token, &x, &y, &mut self.rng) {
+            let rule: &dyn AcceptanceRule = if self.temperature <= 0.0 {
+                // Temperature 0 makes both distributions one-hot; greedy matching is the same
+                // rule without building them.
+                &self.greedy
+            } else {
+                self.rule.as_ref()
+            };
+            match rule.judge(d.token, &x, &y, &mut self.rng) {
                 Judgement::Accept => verdicts.push(Verdict::Accepted),
                 Judgement::Reject(t) => {
                     verdicts.push(Verdict::Resampled(t));

@@ -203,14 +203,14 @@ impl UploadCodec for AdaptiveTopK {
                 "the TV budget must be > 0",
             ));
         }
-        if let Some(k) = self.max_k {
-            if k == 0 || k > vocab {
-                return Err(HlmError::invalid(
-                    "codec.max_k",
-                    k,
-                    format!("must be in 1..={vocab}"),
-                ));
-            }
+        if let Some(k) = self.max_k
+            && (k == 0 || k > vocab)
+        {
+            return Err(HlmError::invalid(
+                "codec.max_k",
+                k,
+                format!("must be in 1..={vocab}"),
+            ));
         }
         Ok(())
     }

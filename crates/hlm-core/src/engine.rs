@@ -115,12 +115,12 @@ impl Pipeline {
                     v.vocab_size()
                 )));
             }
-            if let (Some(a), Some(b)) = (d.tokenizer(), v.tokenizer()) {
-                if a.fingerprint() != b.fingerprint() {
-                    return Err(HlmError::Incompatible(
-                        "the draft model and the verifier use different tokenizers".into(),
-                    ));
-                }
+            if let (Some(a), Some(b)) = (d.tokenizer(), v.tokenizer())
+                && a.fingerprint() != b.fingerprint()
+            {
+                return Err(HlmError::Incompatible(
+                    "the draft model and the verifier use different tokenizers".into(),
+                ));
             }
             if let Some(c) = &self.codec {
                 c.validate(d.vocab_size())?;
