@@ -31,6 +31,7 @@ pub mod error;
 pub mod filter;
 pub mod link;
 pub mod model;
+pub mod registry;
 pub mod sampling;
 pub mod speculative;
 pub mod stats;

@@ -1,0 +1,176 @@
+//! `hlm run`: one pipeline, one prompt.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hlm_core::{BuildContext, Pipeline, PipelineConfig, StreamDecoder, TokenEvent, method_name};
+
+use crate::output;
+use crate::prompt::PromptArgs;
+
+/// Options of `hlm run`.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Every option below that changes the pipeline is applied as a `--set` override, so error
+messages name the key. Examples:
+  hlm run -c configs/iu-hlm.toml -p 'def fibonacci(n):'
+  hlm run -c configs/cu-hlm.toml -p 'Explain a hash map.' --set codec.theta=0.05 --json
+  hlm run -c configs/hlm.toml -p 'Hello' --device wgpu --show-decisions")]
+pub struct RunArgs {
+    /// Pipeline config (TOML); see configs/ for one per method.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// Print one JSON object on the last line of stdout instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// After the run, print one line per token: its id, its decision and its text.
+    #[arg(long)]
+    pub show_decisions: bool,
+    /// Do not stream the generated text (only the summary).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Command-line shortcuts for common config keys, plus arbitrary `--set KEY=VALUE`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OverrideArgs {
+    /// Tokens to generate (`generation.max_new_tokens`).
+    #[arg(long, short = 'n')]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature, 0 = greedy (`generation.temperature`).
+    #[arg(long, short = 't')]
+    pub temperature: Option<f32>,
+    /// Random seed of the run (`generation.seed`).
+    #[arg(long, short = 's')]
+    pub seed: Option<u64>,
+    /// Compute device of the models: cpu or wgpu (`device`).
+    #[arg(long, short = 'd')]
+    pub device: Option<String>,
+    /// Override any config key by its dotted path, e.g. `--set speculation.gamma=4`
+    /// or `--set 'codec={ type = "top_k", k = 64 }'`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Folder of fetched models (default: $HLM_MODELS or ~/.cache/hlm/models).
+    #[arg(long, value_name = "DIR", env = "HLM_MODELS")]
+    pub models_dir: Option<PathBuf>,
+}
+
+impl OverrideArgs {
+    /// All overrides as `KEY=VALUE` strings, shortcuts first.
+    pub fn to_overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some(n) = self.max_new_tokens {
+            o.push(format!("generation.max_new_tokens={n}"));
+        }
+        if let Some(t) = self.temperature {
+            o.push(format!("generation.temperature={t:?}"));
+        }
+        if let Some(s) = self.seed {
+            o.push(format!("generation.seed={s}"));
+        }
+        if let Some(d) = &self.device {
+            o.push(format!("device={}", toml_string(d)));
+        }
+        o.extend(self.set.iter().cloned());
+        o
+    }
+
+    /// Where components are built.
+    pub fn build_context(&self, cfg: &PipelineConfig) -> BuildContext {
+        BuildContext {
+            device: cfg.device.clone(),
+            models_dir: Some(
+                self.models_dir
+                    .clone()
+                    .unwrap_or_else(hlm_core::registry::models_dir),
+            ),
+        }
+    }
+}
+
+/// Quote a string as a TOML basic string.
+pub fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Build a pipeline with a spinner (loading real models takes a while).
+pub fn build_pipeline(
+    cfg: PipelineConfig,
+    ctx: &BuildContext,
+    show: bool,
+) -> Result<(Pipeline, f64)> {
+    let spinner = show.then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message("loading models…");
+        s.enable_steady_tick(Duration::from_millis(120));
+        s
+    });
+    let t0 = Instant::now();
+    let pipeline = Pipeline::from_config(cfg, ctx);
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    Ok((pipeline?, t0.elapsed().as_secs_f64()))
+}
+
+/// `hlm run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let overrides = args.overrides.to_overrides();
+    let cfg = PipelineConfig::load(&args.config, &overrides)?;
+    let ctx = args.overrides.build_context(&cfg);
+    let (mut pipeline, load_s) = build_pipeline(cfg, &ctx, !args.json)
+        .with_context(|| format!("cannot build the pipeline of {}", args.config.display()))?;
+    let tokenizer = pipeline.tokenizer.clone();
+    let prompt = args.prompt.token_ids(tokenizer.as_deref())?;
+
+    let stream = !args.json && !args.quiet;
+    let mut decoder = StreamDecoder::default();
+    let mut stdout = std::io::stdout();
+    let mut stream_error = None;
+    let mut on_token = |e: &TokenEvent| {
+        if !stream || stream_error.is_some() {
+            return;
+        }
+        let piece = match &tokenizer {
+            Some(t) => decoder.push(t.as_ref(), e.id),
+            None => Ok(format!("[{}] ", e.id)),
+        };
+        match piece {
+            Ok(p) => {
+                let _ = write!(stdout, "{p}");
+                let _ = stdout.flush();
+            }
+            Err(err) => stream_error = Some(err),
+        }
+    };
+    let report = pipeline.generate(&prompt, &mut on_token)?;
+    if let Some(e) = stream_error {
+        return Err(e.into());
+    }
+    let text = output::decode(tokenizer.as_deref(), &report.generated_ids)?;
+    let method = method_name(&pipeline);
+    if args.json {
+        let v = output::run_json(&pipeline.name, method, &report, &text, load_s)?;
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    if stream {
+        println!();
+    }
+    if args.show_decisions {
+        println!("{}", output::decision_table(tokenizer.as_deref(), &report)?);
+    }
+    println!(
+        "── {} ({method}); models loaded in {load_s:.1} s\n{}",
+        pipeline.name,
+        report.stats.summary()
+    );
+    Ok(())
+}

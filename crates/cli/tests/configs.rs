@@ -1,0 +1,187 @@
+//! Every shipped config parses, round-trips through TOML unchanged, and bad configs are
+//! rejected with messages that name the file, the key and what is accepted.
+
+use std::path::{Path, PathBuf};
+
+use hlm_core::PipelineConfig;
+
+fn link() {
+    hlm_filters::link();
+    hlm_energy::link();
+    hlm_backends::link();
+}
+
+fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+fn shipped() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(configs_dir())
+        .expect("configs/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn one_config_per_method_is_shipped() {
+    let names: Vec<String> = shipped()
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    for m in [
+        "slm",
+        "llm",
+        "hlm",
+        "u-hlm",
+        "iu-hlm",
+        "cu-hlm",
+        "random",
+        "speculative",
+    ] {
+        assert!(
+            names.iter().any(|n| n == m),
+            "configs/{m}.toml missing; have {names:?}"
+        );
+    }
+}
+
+#[test]
+fn every_shipped_config_round_trips() {
+    link();
+    for path in shipped() {
+        let cfg = PipelineConfig::load(&path, &[])
+            .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+        let once = cfg.to_toml().expect("serialises");
+        let again = PipelineConfig::parse(&once, "round trip", &[])
+            .unwrap_or_else(|e| panic!("{} does not re-parse: {e}\n{once}", path.display()));
+        assert_eq!(
+            once,
+            again.to_toml().expect("serialises"),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            cfg.name.as_deref(),
+            path.file_stem().and_then(|s| s.to_str()),
+            "the name of {} should match its file",
+            path.display()
+        );
+    }
+}
+
+fn error_of(text: &str, overrides: &[&str]) -> String {
+    link();
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    match PipelineConfig::parse(text, "bad.toml", &o) {
+        Ok(c) => panic!("accepted a bad config: {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const MINIMAL: &str = r#"
+[draft]
+type = "transformer"
+model = "some-model"
+"#;
+
+fn assert_contains(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "message {msg:?} should contain {p:?}");
+    }
+}
+
+#[test]
+fn unknown_component_type_lists_accepted_types() {
+    let m = error_of(&format!("{MINIMAL}[verifier]\ntype = \"teleport\"\n"), &[]);
+    assert_contains(&m, &["bad.toml", "teleport", "local"]);
+    let m = error_of(
+        &format!(
+            "{MINIMAL}[verifier]\ntype = \"local\"\n[verifier.model]\ntype = \"transformer\"\nmodel = \"x\"\n[upload]\ntype = \"sometimes\"\n[codec]\ntype = \"dense\"\n"
+        ),
+        &[],
+    );
+    assert_contains(
+        &m,
+        &["bad.toml", "sometimes", "always", "token_filter", "random"],
+    );
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let m = error_of(&format!("{MINIMAL}[generation]\nmax_tokens = 3\n"), &[]);
+    assert_contains(&m, &["bad.toml", "max_tokens", "max_new_tokens"]);
+}
+
+#[test]
+fn impossible_values_name_key_and_rule() {
+    let m = error_of(MINIMAL, &["generation.temperature=-1"]);
+    assert_contains(
+        &m,
+        &[
+            "bad.toml",
+            "--set generation.temperature=-1",
+            "generation.temperature",
+            ">= 0",
+        ],
+    );
+    let m = error_of(MINIMAL, &["speculation.gamma=0"]);
+    assert_contains(&m, &["speculation.gamma", "at least 1"]);
+    let m = error_of(MINIMAL, &["generation.max_new_tokens=0"]);
+    assert_contains(&m, &["generation.max_new_tokens"]);
+}
+
+#[test]
+fn hybrid_pipeline_needs_upload_and_codec() {
+    let both = format!(
+        "{MINIMAL}[verifier]\ntype = \"local\"\n[verifier.model]\ntype = \"transformer\"\nmodel = \"x\"\n"
+    );
+    let m = error_of(&both, &[]);
+    assert_contains(&m, &["upload", "required", "always"]);
+    let m = error_of(&format!("{both}[upload]\ntype = \"always\"\n"), &[]);
+    assert_contains(&m, &["codec", "required", "dense"]);
+}
+
+#[test]
+fn empty_pipeline_is_rejected() {
+    let m = error_of("name = \"nothing\"\n", &[]);
+    assert_contains(&m, &["draft", "verifier"]);
+}
+
+#[test]
+fn bad_filter_parameters_are_named() {
+    let m = error_of(
+        &format!("{MINIMAL}[upload]\ntype = \"random\"\nskip_rate = 1.5\n"),
+        &[],
+    );
+    assert_contains(&m, &["skip_rate", "1.5"]);
+}
+
+#[test]
+fn malformed_toml_and_missing_file_are_reported() {
+    let m = error_of("[draft\n", &[]);
+    assert_contains(&m, &["bad.toml"]);
+    link();
+    let e = PipelineConfig::load(Path::new("/nonexistent/x.toml"), &[])
+        .expect_err("missing file")
+        .to_string();
+    assert_contains(&e, &["/nonexistent/x.toml"]);
+}
+
+#[test]
+fn overrides_reach_nested_tables() {
+    link();
+    let path = configs_dir().join("iu-hlm.toml");
+    let cfg = PipelineConfig::load(
+        &path,
+        &[
+            "upload.importance.threshold.lambda=0.5".into(),
+            "speculation.gamma=3".into(),
+        ],
+    )
+    .expect("valid overrides");
+    assert_eq!(cfg.speculation.gamma, 3);
+    assert!(cfg.to_toml().expect("serialises").contains("lambda = 0.5"));
+}
