@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// After the run, print one line per token: its id, its decision and its text.
     #[arg(long)]
     pub show_decisions: bool,
+    /// Also measure the CPU package energy of the run with Linux RAPL (reported next to the
+    /// modelled figures; a message says why when the counters are not readable).
+    #[arg(long)]
+    pub measure_energy: bool,
     /// Do not stream the generated text (only the summary).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -150,14 +154,33 @@ pub fn run(args: RunArgs) -> Result<()> {
             Err(err) => stream_error = Some(err),
         }
     };
+    let meter = args.measure_energy.then(hlm_energy::RaplMeter::open);
+    let window = match &meter {
+        Some(Ok(m)) => Some(m.start()),
+        _ => None,
+    };
     let report = pipeline.generate(&prompt, &mut on_token)?;
+    let measured: Option<std::result::Result<hlm_energy::MeasuredEnergy, String>> =
+        match (&meter, window) {
+            (None, _) | (Some(Ok(_)), None) => None,
+            (Some(Err(e)), _) => Some(Err(e.to_string())),
+            (_, Some(Err(e))) => Some(Err(e.to_string())),
+            (_, Some(Ok(w))) => Some(w.finish().map_err(|e| e.to_string())),
+        };
+    let measured_json = measured.as_ref().map(|m| match m {
+        Ok(m) => serde_json::to_value(m).unwrap_or_default(),
+        Err(e) => serde_json::json!({ "method": "unavailable", "error": e }),
+    });
     if let Some(e) = stream_error {
         return Err(e.into());
     }
     let text = output::decode(tokenizer.as_deref(), &report.generated_ids)?;
     let method = method_name(&pipeline);
     if args.json {
-        let v = output::run_json(&pipeline.name, method, &report, &text, load_s)?;
+        let mut v = output::run_json(&pipeline.name, method, &report, &text, load_s)?;
+        if let (Some(m), Some(obj)) = (measured_json, v.as_object_mut()) {
+            obj.insert("measured_energy".into(), m);
+        }
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
@@ -172,5 +195,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         pipeline.name,
         report.stats.summary()
     );
+    match measured {
+        Some(Ok(m)) => println!(
+            "measured   {:.3} J CPU package energy over {:.2} s ({}, {} zones)",
+            m.joules,
+            m.seconds,
+            m.method,
+            m.zones.len()
+        ),
+        Some(Err(e)) => println!("measured   unavailable: {e}"),
+        None => {}
+    }
     Ok(())
 }

@@ -185,3 +185,30 @@ fn overrides_reach_nested_tables() {
     assert_eq!(cfg.speculation.gamma, 3);
     assert!(cfg.to_toml().expect("serialises").contains("lambda = 0.5"));
 }
+
+#[test]
+fn every_profile_can_be_included_and_validates() {
+    link();
+    let dir = configs_dir().join("profiles");
+    let mut n = 0;
+    for kind in ["devices", "links"] {
+        for e in std::fs::read_dir(dir.join(kind)).expect("profile dir") {
+            let p = e.expect("entry").path();
+            let rel = format!(
+                "profiles/{kind}/{}",
+                p.file_name().expect("name").to_string_lossy()
+            );
+            let text = format!("include = [{rel:?}]\n{MINIMAL}");
+            let cfg = PipelineConfig::parse_in(&text, &rel, Some(&configs_dir()), &[])
+                .unwrap_or_else(|e| panic!("{rel}: {e}"));
+            let toml = cfg.to_toml().expect("serialises");
+            let section = if kind == "links" { "[link]" } else { "[energy" };
+            assert!(
+                toml.contains(section),
+                "{rel} did not reach the config:\n{toml}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 8, "only {n} profiles");
+}

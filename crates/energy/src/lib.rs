@@ -23,15 +23,20 @@
 //! - [`AnalyticEnergy`] (`type = "analytic"`): device and server E = P·T (or J/FLOP × FLOPs)
 //!   with T measured, per token, or FLOPs / FLOP rate; uplink E = P_tx × airtime; downlink
 //!   E = P_rx × airtime; link time = airtime + latency.
+//!
+//! Measured ([`measured`]): CPU package energy from Linux RAPL over a window around the work
+//! (`hlm run --measure-energy`), reported next to the analytic figures.
 
 pub mod analytic;
 pub mod fixed;
+pub mod measured;
 pub mod shannon;
 pub mod trace;
 pub mod units;
 
 pub use analytic::{AnalyticEnergy, ComputeSide, ComputeTime};
 pub use fixed::FixedRateLink;
+pub use measured::{EnergyWindow, MeasuredEnergy, MeterError, RaplMeter, counter_delta_uj};
 pub use shannon::{Fading, ShannonLink};
 pub use trace::{Trace, TraceLink};
 pub use units::{db_to_linear, dbm_to_watts, linear_to_db};

@@ -31,6 +31,11 @@
 //! ```
 //!
 //! Any value can be overridden by its dotted path (`--set generation.seed=3`).
+//!
+//! Profiles: `include = ["profiles/links/wifi-weak.toml", "profiles/devices/phone.toml"]` at
+//! the top of a file merges those files (paths relative to the including file) under it, in
+//! order; the file's own keys win. Tables merge key by key, except that a component table
+//! whose `type` differs from the included one replaces it whole.
 
 use std::path::Path;
 
@@ -157,11 +162,22 @@ impl PipelineConfig {
                 overrides.join(" --set ")
             )
         };
-        Self::parse(&text, &origin, overrides)
+        Self::parse_in(&text, &origin, path.parent(), overrides)
     }
 
-    /// Parse config text; `origin` names it in errors (usually the file path).
+    /// Parse config text; `origin` names it in errors (usually the file path). Includes are
+    /// resolved against the current directory.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        Self::parse_in(text, origin, None, overrides)
+    }
+
+    /// Parse config text whose `include` paths are relative to `base`.
+    pub fn parse_in(
+        text: &str,
+        origin: &str,
+        base: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self> {
         let err = |message: String| HlmError::Config {
             origin: origin.to_string(),
             message,
@@ -169,10 +185,12 @@ impl PipelineConfig {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| err(e.to_string()))?;
+        let included = table.contains_key("include");
+        table = resolve_includes(table, base.unwrap_or(Path::new(".")), 0).map_err(err)?;
         for o in overrides {
             apply_override(&mut table, o).map_err(err)?;
         }
-        let cfg: PipelineConfig = if overrides.is_empty() {
+        let cfg: PipelineConfig = if overrides.is_empty() && !included {
             // Deserialising from the text keeps line numbers in error messages.
             toml::from_str(text).map_err(|e| err(e.to_string()))?
         } else {
@@ -255,6 +273,75 @@ impl PipelineConfig {
     }
 }
 
+/// Includes nest at most this deep (a guard against include cycles).
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// Replace the `include` list of `table` by the merged contents of the included files.
+fn resolve_includes(
+    mut table: toml::Table,
+    base: &Path,
+    depth: usize,
+) -> std::result::Result<toml::Table, String> {
+    let Some(list) = table.remove("include") else {
+        return Ok(table);
+    };
+    if depth >= MAX_INCLUDE_DEPTH {
+        return Err(format!(
+            "includes nest deeper than {MAX_INCLUDE_DEPTH} levels (a cycle?)"
+        ));
+    }
+    let paths: Vec<String> = match list {
+        toml::Value::String(s) => vec![s],
+        toml::Value::Array(a) => a
+            .into_iter()
+            .map(|v| match v {
+                toml::Value::String(s) => Ok(s),
+                other => Err(format!(
+                    "include: expected file paths (strings), found a {}",
+                    other.type_str()
+                )),
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        other => {
+            return Err(format!(
+                "include: expected a file path or a list of them, found a {}",
+                other.type_str()
+            ));
+        }
+    };
+    let mut merged = toml::Table::new();
+    for p in paths {
+        let path = base.join(&p);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("include `{p}`: cannot read {}: {e}", path.display()))?;
+        let inner: toml::Table = text
+            .parse()
+            .map_err(|e| format!("include {}: {e}", path.display()))?;
+        let inner = resolve_includes(inner, path.parent().unwrap_or(base), depth + 1)
+            .map_err(|e| format!("in include {}: {e}", path.display()))?;
+        merge_tables(&mut merged, inner);
+    }
+    merge_tables(&mut merged, table);
+    Ok(merged)
+}
+
+/// Merge `top` into `base`; `top` wins. Component tables of a different `type` replace.
+fn merge_tables(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t))
+                if b.get("type")
+                    .is_none_or(|bt| t.get("type").is_none_or(|tt| tt == bt)) =>
+            {
+                merge_tables(b, t);
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 /// Apply one `a.b.c=value` override. The value is parsed as TOML (`3`, `0.5`, `true`,
 /// `"text"`, `[1, 2]`, `{ type = "x" }`); anything that does not parse is taken as a string.
 pub fn apply_override(
@@ -306,6 +393,43 @@ fn parse_value(raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn includes_merge_under_the_file_and_replace_other_types() {
+        let dir = std::env::temp_dir().join(format!("hlm-include-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("p")).unwrap();
+        std::fs::write(
+            dir.join("p/link.toml"),
+            "[link]\ntype = \"fixed_rate\"\nuplink_bps = 5e6\ndownlink_bps = 2e7\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("p/gen.toml"),
+            "[generation]\nseed = 9\nmax_new_tokens = 5\n",
+        )
+        .unwrap();
+        let mut t: toml::Table =
+            "include = [\"p/link.toml\", \"p/gen.toml\"]\n[generation]\nseed = 1\n[link]\nuplink_bps = 1e6\n"
+                .parse()
+                .unwrap();
+        t = resolve_includes(t, &dir, 0).unwrap();
+        assert_eq!(t["generation"]["seed"].as_integer(), Some(1));
+        assert_eq!(t["generation"]["max_new_tokens"].as_integer(), Some(5));
+        assert_eq!(t["link"]["uplink_bps"].as_float(), Some(1e6));
+        assert_eq!(t["link"]["downlink_bps"].as_float(), Some(2e7));
+        let mut other: toml::Table = "include = \"p/link.toml\"\n[link]\ntype = \"shannon\"\n"
+            .parse()
+            .unwrap();
+        other = resolve_includes(other, &dir, 0).unwrap();
+        assert!(other["link"].get("uplink_bps").is_none(), "{other:?}");
+        let e =
+            resolve_includes("include = \"missing.toml\"".parse().unwrap(), &dir, 0).unwrap_err();
+        assert!(e.contains("missing.toml"), "{e}");
+        std::fs::write(dir.join("loop.toml"), "include = \"loop.toml\"\n").unwrap();
+        let e = resolve_includes("include = \"loop.toml\"".parse().unwrap(), &dir, 0).unwrap_err();
+        assert!(e.contains("cycle"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn overrides_set_nested_values_and_parse_types() {

@@ -1,0 +1,256 @@
+//! The `hlm` binary end to end on the tiny random-weight fixture transformers
+//! (crates/backends/tests/fixtures: same vocabulary of 64, no tokenizer).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../backends/tests/fixtures")
+}
+
+fn hlm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hlm"))
+        .args(args)
+        .output()
+        .expect("hlm runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A hybrid pipeline: tiny LLaMA drafts, tiny Qwen2 verifies, `upload` chooses the method.
+fn write_config(dir: &Path, upload: &str, codec: &str) -> PathBuf {
+    let f = fixtures();
+    let text = format!(
+        r#"name = "tiny"
+[generation]
+max_new_tokens = 12
+temperature = 1.0
+seed = 7
+[draft]
+type = "transformer"
+model = "{draft}"
+[verifier]
+type = "local"
+[verifier.model]
+type = "transformer"
+model = "{target}"
+[upload]
+{upload}
+[codec]
+{codec}
+[link]
+type = "fixed_rate"
+uplink_bps = 1e6
+downlink_bps = 1e7
+[energy]
+type = "analytic"
+"#,
+        draft = f.join("tiny-llama").display(),
+        target = f.join("tiny-qwen2").display(),
+    );
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+fn run_json(config: &Path, extra: &[&str]) -> Value {
+    let cfg = config.to_string_lossy().into_owned();
+    let mut args = vec![
+        "run",
+        "--config",
+        &cfg,
+        "--prompt-ids",
+        "1,5,17,33",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = hlm(&args);
+    assert!(o.status.success(), "hlm run failed: {}", stderr(&o));
+    let out = stdout(&o);
+    let last = out.lines().last().expect("a JSON line");
+    serde_json::from_str(last).expect("the last line is JSON")
+}
+
+#[test]
+fn hybrid_run_reports_consistent_statistics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "type = \"always\"",
+        "type = \"dense\"\nbits = 8",
+    );
+    let v = run_json(&cfg, &[]);
+    let ids = v["generated_ids"].as_array().expect("generated_ids");
+    assert_eq!(ids.len(), 12);
+    assert_eq!(v["prompt_ids"], serde_json::json!([1, 5, 17, 33]));
+    let n = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing in {v}"))
+    };
+    // Every token is uploaded: each generated token is a verified draft or a resample.
+    assert_eq!(n("skips"), 0);
+    assert_eq!(n("uploads"), n("draft_n"));
+    assert_eq!(n("draft_n_accepted") + n("resamples"), n("draft_n"));
+    // Dense 8-bit payload of 64 probabilities per upload, plus ids.
+    assert!(n("uplink_bits") >= n("uploads") * 64 * 8);
+    for k in ["device", "uplink", "server", "downlink"] {
+        assert!(v["energy_j"][k].as_f64().is_some(), "energy_j.{k} in {v}");
+        assert!(v["time_s"][k].as_f64().is_some(), "time_s.{k} in {v}");
+    }
+    // Uplink airtime of the fixed 1 Mbit/s link is exactly bits / rate.
+    let airtime = v["time_s"]["uplink"].as_f64().expect("uplink time");
+    assert!(
+        (airtime - n("uplink_bits") as f64 / 1e6).abs() < 1e-9,
+        "{airtime}"
+    );
+    assert!(v["tokens_per_s"].as_f64().is_some() && v["wall_s"].as_f64().is_some());
+    assert_eq!(v["text"], "");
+}
+
+#[test]
+fn runs_are_reproducible_from_the_seed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "type = \"random\"\nskip_rate = 0.5",
+        "type = \"top_k\"\nk = 8",
+    );
+    let a = run_json(&cfg, &[]);
+    let b = run_json(&cfg, &[]);
+    assert_eq!(a["generated_ids"], b["generated_ids"]);
+    assert_eq!(a["kinds"], b["kinds"]);
+    let c = run_json(&cfg, &["--seed", "8"]);
+    assert_ne!(
+        (a["generated_ids"].clone(), a["kinds"].clone()),
+        (c["generated_ids"].clone(), c["kinds"].clone()),
+        "another seed should change the run"
+    );
+    assert!(a["skips"].as_u64().expect("skips") > 0);
+}
+
+#[test]
+fn readable_summary_and_decision_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "type = \"always\"", "type = \"token_only\"");
+    let c = cfg.to_string_lossy().into_owned();
+    let o = hlm(&[
+        "run",
+        "-c",
+        &c,
+        "--prompt-ids",
+        "3,4",
+        "--show-decisions",
+        "-n",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("decision"), "{out}");
+    assert!(out.contains("draft_n") && out.contains("uplink"), "{out}");
+}
+
+#[test]
+fn text_prompt_without_tokenizer_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "type = \"always\"", "type = \"dense\"");
+    let c = cfg.to_string_lossy().into_owned();
+    let o = hlm(&["run", "-c", &c, "--prompt", "hello"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--prompt-ids"), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_config_and_missing_model_name_the_path() {
+    let o = hlm(&[
+        "run",
+        "-c",
+        "/nonexistent/pipeline.toml",
+        "--prompt-ids",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/pipeline.toml"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = hlm(&[
+        "generate",
+        "-m",
+        "/nonexistent/model.gguf",
+        "--prompt-ids",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/model.gguf"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn generate_json_has_ids_and_timings() {
+    let m = fixtures().join("tiny-qwen2");
+    let m = m.to_string_lossy().into_owned();
+    let o = hlm(&[
+        "generate",
+        "-m",
+        &m,
+        "--prompt-ids",
+        "1,2,3",
+        "-n",
+        "6",
+        "-t",
+        "0",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let v: Value = serde_json::from_str(out.lines().last().expect("line")).expect("json");
+    assert_eq!(v["prompt_ids"], serde_json::json!([1, 2, 3]));
+    assert_eq!(v["generated_ids"].as_array().map(|a| a.len()), Some(6));
+    assert!(v["wall_s"].as_f64().is_some() && v["load_s"].as_f64().is_some());
+}
+
+#[test]
+fn config_check_accepts_every_shipped_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut args = vec!["config".to_string(), "check".to_string()];
+    for e in std::fs::read_dir(&dir).expect("configs/") {
+        args.push(e.expect("entry").path().to_string_lossy().into_owned());
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_hlm"))
+        .args(&args)
+        .output()
+        .expect("runs");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let bad = dir.join("../crates/cli/tests/does-not-exist.toml");
+    let o = hlm(&["config", "check", &bad.to_string_lossy()]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn measured_energy_is_reported_or_explained() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "type = \"always\"", "type = \"dense\"");
+    let v = run_json(&cfg, &["--measure-energy", "-n", "3"]);
+    let m = &v["measured_energy"];
+    match m["method"].as_str() {
+        Some("rapl") => assert!(m["joules"].as_f64().is_some_and(|j| j >= 0.0), "{m}"),
+        Some("unavailable") => {
+            let e = m["error"].as_str().expect("a reason");
+            assert!(e.contains("RAPL"), "{e}");
+        }
+        other => panic!("unexpected measured_energy {other:?}: {m}"),
+    }
+}
