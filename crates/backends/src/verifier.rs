@@ -98,14 +98,17 @@ impl Verifier for LocalVerifier {
             predictive.push(std::mem::take(l));
         }
         let mut verdicts = Vec::with_capacity(req.drafts.len() + 1);
+        let mut target_probs = Vec::with_capacity(req.drafts.len());
         let mut rejected_at = None;
         for (i, d) in req.drafts.iter().enumerate() {
             let Some(payload) = &d.payload else {
                 verdicts.push(Verdict::Unverified);
+                target_probs.push(None);
                 continue;
             };
             let x = payload.reconstruct(d.token, vocab)?;
             let y = softmax_with_temperature(&predictive[i], self.temperature);
+            target_probs.push(y.get(d.token as usize).copied());
             let rule: &dyn AcceptanceRule = if self.temperature <= 0.0 {
                 // Temperature 0 makes both distributions one-hot; greedy matching is the same
                 // rule without building them.
@@ -145,6 +148,7 @@ impl Verifier for LocalVerifier {
             verdicts,
             server_tokens: fed.len() as u64,
             compute_s: t0.elapsed().as_secs_f64(),
+            target_probs,
         })
     }
 

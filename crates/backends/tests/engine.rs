@@ -72,6 +72,7 @@ fn build(
         link: None,
         energy: None,
         tokenizer: None,
+        upload_everything: false,
         generation: GenerationConfig {
             max_new_tokens: s.max_new,
             temperature: s.temperature,
@@ -482,4 +483,51 @@ fn rejection_discards_later_skipped_tokens_of_the_round() {
         r.stats.drafted > r.generated_ids.len() as u64,
         "some drafts were discarded"
     );
+}
+
+/// Calibration records: one per judged draft, with the exact rejection probability
+/// max(0, 1 − y_d/x_d) computed from the two table models independently of the engine.
+#[test]
+fn calibration_records_carry_exact_rejection_probabilities() {
+    let s = Setup {
+        vocab: 6,
+        gamma: 1,
+        action: FilterAction::Skip,
+        bonus: false,
+        temperature: 1.0,
+        max_new: 40,
+    };
+    // A rule that skips everything: calibration mode must still upload every draft.
+    let mut p = build(&s, Box::new(SpeculativeSampling {}), never(), dense32());
+    p.upload_everything = true;
+    let prompt = [1, 2];
+    let r = p.generate(&prompt, &mut |_| {}).unwrap();
+    assert_eq!(r.stats.skips, 0);
+    assert_eq!(r.records.len() as u64, r.stats.draft_n);
+    assert!(r.records.len() >= 20);
+    let draft = TableLm::new(s.vocab, DRAFT_SEED, 3.0);
+    let target = TableLm::new(s.vocab, TARGET_SEED, 3.0);
+    let mut accepted = 0;
+    for rec in &r.records {
+        // The context of the draft is the prompt plus the tokens committed before it.
+        let mut ctx = prompt.to_vec();
+        ctx.extend_from_slice(&r.generated_ids[..rec.index]);
+        let x = softmax_with_temperature(&draft.logits_after(&ctx), 1.0)[rec.token as usize];
+        let y = softmax_with_temperature(&target.logits_after(&ctx), 1.0)[rec.token as usize];
+        assert!((rec.draft_prob - x).abs() < 1e-6, "{rec:?} vs x = {x}");
+        assert!(
+            (rec.target_prob.unwrap() - y).abs() < 1e-6,
+            "{rec:?} vs y = {y}"
+        );
+        let rej = (1.0 - y / x).max(0.0);
+        assert!((rec.rejection_probability.unwrap() - rej).abs() < 1e-5);
+        if rej == 0.0 {
+            assert!(
+                rec.accepted,
+                "a token with y_d >= x_d is always accepted: {rec:?}"
+            );
+        }
+        accepted += usize::from(rec.accepted);
+    }
+    assert_eq!(accepted as u64, r.stats.draft_n_accepted);
 }

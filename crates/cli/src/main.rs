@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod calibrate;
 mod config_cmd;
 mod generate;
 mod models;
 mod output;
 mod prompt;
+mod prompts;
 mod run;
 
 /// Hybrid language model inference: draft on the device, verify on the server, upload only
@@ -30,6 +32,7 @@ Examples:
   hlm run --config configs/iu-hlm.toml --prompt 'def fibonacci(n):'
   hlm run --config configs/u-hlm.toml --set upload.uncertainty.threshold.max_risk=0.1 --json
   hlm generate --model qwen2.5-coder-0.5b-instruct --prompt 'def quicksort(xs):' --max-new-tokens 40
+  hlm calibrate --config configs/u-hlm.toml --prompts prompts/general.jsonl --write u-hlm-cal.toml
   hlm config check configs/*.toml
   hlm models list";
 
@@ -39,6 +42,8 @@ enum Command {
     Run(run::RunArgs),
     /// Plain single-model generation (no verifier): what to run first.
     Generate(generate::GenerateArgs),
+    /// Fit the uncertainty/rejection line of a pipeline and derive its thresholds.
+    Calibrate(calibrate::CalibrateArgs),
     /// Check or print pipeline configs.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Generate(a) => generate::generate(a),
+        Command::Calibrate(a) => calibrate::calibrate(a),
         Command::Config(c) => config_cmd::config(c),
         Command::Models(c) => models::models(c),
     };

@@ -9,6 +9,7 @@
 //! - [`rule`]: the upload decision (`always`, `never`, `random`, `token_filter`);
 //! - [`codec`]: what an upload carries (`dense`, `top_k`, `adaptive_top_k`, `token_only`).
 
+pub mod calibration;
 pub mod codec;
 pub mod importance;
 pub mod rule;

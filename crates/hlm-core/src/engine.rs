@@ -48,6 +48,9 @@ pub struct Pipeline {
     pub generation: GenerationConfig,
     pub speculation: SpeculationConfig,
     pub name: String,
+    /// Calibration mode: the upload rule still runs (its uncertainty and importance are
+    /// recorded) but every draft is uploaded, so each gets the verifier's verdict.
+    pub upload_everything: bool,
 }
 
 /// What a run returns.
@@ -58,6 +61,26 @@ pub struct RunReport {
     /// How each generated token was decided.
     pub kinds: Vec<TokenKind>,
     pub stats: RunStats,
+    /// One record per draft that the verifier judged (hybrid methods only): the filter's
+    /// signals next to the exact rejection probability, the data of `hlm calibrate`.
+    pub records: Vec<TokenRecord>,
+}
+
+/// The filter signals of one judged draft and what the verifier made of it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenRecord {
+    /// Index among the generated tokens.
+    pub index: usize,
+    pub token: TokenId,
+    pub uncertainty: Option<f32>,
+    pub importance: Option<f32>,
+    /// Draft probability x_d of the token (at the run temperature).
+    pub draft_prob: f32,
+    /// Target probability y_d, when the verifier reports it.
+    pub target_prob: Option<f32>,
+    /// max(0, 1 − y_d / x_d): the probability that speculative sampling rejects the token.
+    pub rejection_probability: Option<f32>,
+    pub accepted: bool,
 }
 
 /// The method a pipeline runs, derived from its components (for summaries).
@@ -100,6 +123,7 @@ impl Pipeline {
             generation: cfg.generation,
             speculation: cfg.speculation,
             name: cfg.name.unwrap_or_else(|| "pipeline".into()),
+            upload_everything: false,
         };
         pipeline.check_compatible()?;
         Ok(pipeline)
@@ -197,12 +221,17 @@ struct Run<'p, 'c> {
     costs: Costs,
     committed_by_verification: u64,
     started: Instant,
+    records: Vec<TokenRecord>,
 }
 
 /// A drafted token waiting in the current round.
 struct Pending {
     token: TokenId,
     payload: Option<crate::UploadPayload>,
+    /// x_d and the filter's signals, for [`TokenRecord`].
+    draft_prob: f32,
+    uncertainty: Option<f32>,
+    importance: Option<f32>,
 }
 
 impl<'p, 'c> Run<'p, 'c> {
@@ -248,6 +277,7 @@ impl<'p, 'c> Run<'p, 'c> {
             costs: Costs::default(),
             committed_by_verification: 0,
             started: Instant::now(),
+            records: Vec::new(),
         }
     }
 
@@ -382,7 +412,7 @@ impl<'p, 'c> Run<'p, 'c> {
                 drafts: Vec::new(),
                 bonus: true,
             };
-            let outcome = self.round_trip(&req, context_bits)?;
+            let (outcome, _) = self.round_trip(&req, context_bits)?;
             match outcome.as_slice() {
                 [Verdict::Bonus(t)] => {
                     let t = *t;
@@ -407,7 +437,12 @@ impl<'p, 'c> Run<'p, 'c> {
     }
 
     /// Send a request, account uplink/server/downlink, and return the validated verdicts.
-    fn round_trip(&mut self, req: &VerifyRequest, context_bits: u64) -> Result<Vec<Verdict>> {
+    /// Send one request and account for it; returns the verdicts and the target's y_d per draft.
+    fn round_trip(
+        &mut self,
+        req: &VerifyRequest,
+        context_bits: u64,
+    ) -> Result<(Vec<Verdict>, Vec<Option<f32>>)> {
         let vocab = self.p.vocab_size();
         let mut up_bits = context_bits;
         for d in &req.drafts {
@@ -442,7 +477,7 @@ impl<'p, 'c> Run<'p, 'c> {
             downlink,
             ..Default::default()
         })?;
-        Ok(outcome.verdicts)
+        Ok((outcome.verdicts, outcome.target_probs))
     }
 
     fn hybrid(&mut self, mut logits: Vec<f32>) -> Result<()> {
@@ -465,7 +500,9 @@ impl<'p, 'c> Run<'p, 'c> {
                 .upload
                 .as_ref()
                 .ok_or_else(|| HlmError::invalid("upload", "absent", "required"))?;
-            let decision = upload.decide(&view, &mut self.rng_filter)?;
+            let mut decision = upload.decide(&view, &mut self.rng_filter)?;
+            decision.upload |= self.p.upload_everything;
+            let draft_prob = probs.get(d as usize).copied().unwrap_or(0.0);
             let codec = self
                 .p
                 .codec
@@ -499,6 +536,9 @@ impl<'p, 'c> Run<'p, 'c> {
                     round.push(Pending {
                         token: d,
                         payload: None,
+                        draft_prob,
+                        uncertainty: decision.uncertainty,
+                        importance: decision.importance,
                     });
                     false
                 }
@@ -506,6 +546,9 @@ impl<'p, 'c> Run<'p, 'c> {
                     round.push(Pending {
                         token: d,
                         payload: Some(p),
+                        draft_prob,
+                        uncertainty: decision.uncertainty,
+                        importance: decision.importance,
                     });
                     uploaded_in_round += 1;
                     match action {
@@ -549,11 +592,26 @@ impl<'p, 'c> Run<'p, 'c> {
         self.stats.draft_n += round.iter().filter(|p| p.payload.is_some()).count() as u64;
         self.stats.uploads += round.iter().filter(|p| p.payload.is_some()).count() as u64;
         let base = self.prompt.len() + self.committed.len();
-        let verdicts = self.round_trip(&req, context_bits)?;
+        let (verdicts, target_probs) = self.round_trip(&req, context_bits)?;
         let mut stood = 0usize;
         let mut correction = None;
         let mut uploaded_k = 0usize;
         for (i, v) in verdicts.iter().enumerate() {
+            if let (Some(p), Verdict::Accepted | Verdict::Resampled(_)) = (round.get(i), v) {
+                let target_prob = target_probs.get(i).copied().flatten();
+                self.records.push(TokenRecord {
+                    index: self.committed.len(),
+                    token: p.token,
+                    uncertainty: p.uncertainty,
+                    importance: p.importance,
+                    draft_prob: p.draft_prob,
+                    target_prob,
+                    rejection_probability: target_prob
+                        .filter(|_| p.draft_prob > 0.0)
+                        .map(|y| (1.0 - y / p.draft_prob).max(0.0)),
+                    accepted: matches!(v, Verdict::Accepted),
+                });
+            }
             match *v {
                 Verdict::Accepted => {
                     self.stats.draft_n_accepted += 1;
@@ -618,6 +676,7 @@ impl<'p, 'c> Run<'p, 'c> {
             generated_ids: self.committed,
             kinds: self.kinds,
             stats: self.stats,
+            records: self.records,
         }
     }
 }

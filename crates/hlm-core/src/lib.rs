@@ -42,7 +42,7 @@ pub mod verify;
 pub use codec::{CodecHints, ProbQuantization, UploadCodec, UploadPayload};
 pub use config::{FilterAction, GenerationConfig, PipelineConfig, SpeculationConfig};
 pub use energy::{Components, Costs, EnergyModel, Work};
-pub use engine::{Pipeline, RunReport, method_name};
+pub use engine::{Pipeline, RunReport, TokenRecord, method_name};
 pub use error::{HlmError, Result};
 pub use filter::{
     ImportanceScorer, ImportanceSignal, ThresholdPolicy, TokenView, UncertaintyEstimator,

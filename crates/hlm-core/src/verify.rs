@@ -58,6 +58,9 @@ pub struct VerifyOutcome {
     pub server_tokens: u64,
     /// Server compute time (seconds, measured).
     pub compute_s: f64,
+    /// The target's probability y_d of each judged draft token, in draft order (may be empty
+    /// or shorter than the drafts: only drafts the verifier judged have one).
+    pub target_probs: Vec<Option<f32>>,
 }
 
 /// The large model's side: verifies drafts by speculative sampling, keeps its own KV state and
