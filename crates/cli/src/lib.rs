@@ -1,0 +1,94 @@
+//! `hlm`: run hybrid language model pipelines (a draft model on the device, a verifier on the
+//! server, token filters deciding what is uploaded) from TOML config files.
+//!
+//! The command is a library so that a crate of plug-ins can ship its own `hlm` with its
+//! policies linked in (typetag registers a type only if its crate is linked):
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     // my_filters::link();   // reference your crate so its registrations are kept
+//!     hlm_cli::main()
+//! }
+//! ```
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod calibrate;
+mod config_cmd;
+mod generate;
+mod models;
+mod output;
+mod prompt;
+mod prompts;
+mod run;
+
+/// Hybrid language model inference: draft on the device, verify on the server, upload only
+/// the tokens that matter.
+#[derive(Parser, Debug)]
+#[command(name = "hlm", version, about, long_about = None, after_help = EXAMPLES)]
+struct Cli {
+    /// Log level filter (e.g. `info`, `hlm_core=debug`); also read from RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  cargo xtask models fetch qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
+  hlm run --config configs/iu-hlm.toml --prompt 'def fibonacci(n):'
+  hlm run --config configs/u-hlm.toml --set upload.uncertainty.threshold.max_risk=0.1 --json
+  hlm generate --model qwen2.5-coder-0.5b-instruct --prompt 'def quicksort(xs):' --max-new-tokens 40
+  hlm calibrate --config configs/u-hlm.toml --prompts prompts/general.jsonl --write u-hlm-cal.toml
+  hlm config check configs/*.toml
+  hlm models list";
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one pipeline on one prompt and report its statistics.
+    Run(run::RunArgs),
+    /// Plain single-model generation (no verifier): what to run first.
+    Generate(generate::GenerateArgs),
+    /// Fit the uncertainty/rejection line of a pipeline and derive its thresholds.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Check or print pipeline configs.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// The real models hlm knows how to fetch, and whether they are fetched.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+/// Parse the command line and run `hlm`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    // Plug-in crates register their config types through typetag; referencing them keeps the
+    // linker from dropping the registrations.
+    hlm_filters::link();
+    hlm_energy::link();
+    hlm_backends::link();
+
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Generate(a) => generate::generate(a),
+        Command::Calibrate(a) => calibrate::calibrate(a),
+        Command::Config(c) => config_cmd::config(c),
+        Command::Models(c) => models::models(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
