@@ -128,8 +128,8 @@ impl WeightStore {
 
 fn load_gguf(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     let info = file.tensor_info(name)?;
-    // ggml lists dims innermost first, so the row-major shape is the reverse.
-    let file_shape: Vec<usize> = info.shape().into_iter().rev().collect();
+    // `shape()` is row-major (ggml's dims reversed), like the HF shapes we compare with.
+    let file_shape = info.shape();
     if file_shape != shape {
         return Err(HlmError::Model(format!(
             "{}: tensor '{name}' has shape {file_shape:?}, but the model config needs {shape:?}",
