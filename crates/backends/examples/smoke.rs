@@ -24,7 +24,11 @@ fn argmax(logits: &[f32]) -> TokenId {
 fn run(model_path: &str, prompt: &str, n_new: usize, device: &str) -> Result<()> {
     let t0 = Instant::now();
     let mut model = Transformer::load(Path::new(model_path), &parse_device(device)?)?;
-    println!("loaded {} in {:.1} s", model.describe(), t0.elapsed().as_secs_f64());
+    println!(
+        "loaded {} in {:.1} s",
+        model.describe(),
+        t0.elapsed().as_secs_f64()
+    );
     let tokenizer = model
         .tokenizer()
         .ok_or_else(|| hlm_core::HlmError::Model("the model has no tokenizer".into()))?;
@@ -44,7 +48,10 @@ fn run(model_path: &str, prompt: &str, n_new: usize, device: &str) -> Result<()>
         logits = model.forward(&[next], None)?.logits;
     }
     let decode = t2.elapsed();
-    println!("--- output ---\n{prompt}{}\n--------------", tokenizer.decode(&generated)?);
+    println!(
+        "--- output ---\n{prompt}{}\n--------------",
+        tokenizer.decode(&generated)?
+    );
     println!(
         "prefill: {} tokens in {:.0} ms ({:.1} ms/token); decode: {} tokens, {:.1} ms/token",
         ids.len(),

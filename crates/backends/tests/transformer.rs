@@ -77,9 +77,17 @@ fn prefill_and_decode_match_reference(name: &str) {
     for (i, &id) in r.extra_ids.iter().enumerate() {
         let step = DraftModel::forward(&mut m, &[id], None).expect("decode");
         assert!(step.attention.is_none());
-        assert_close(&step.logits, &r.decode_logits[i], TOLERANCE, "decode logits");
+        assert_close(
+            &step.logits,
+            &r.decode_logits[i],
+            TOLERANCE,
+            "decode logits",
+        );
     }
-    assert_eq!(TargetModel::context_len(&m), r.input_ids.len() + r.extra_ids.len());
+    assert_eq!(
+        TargetModel::context_len(&m),
+        r.input_ids.len() + r.extra_ids.len()
+    );
 }
 
 fn newest_attention_matches_reference(name: &str) {
@@ -118,12 +126,20 @@ fn rollback_and_refeed_reproduce_logits(name: &str) {
     assert_eq!(TargetModel::context_len(&m), r.input_ids.len());
     let again = m.forward_all(&r.extra_ids).expect("extra again");
     assert_rows_close(&again, &first, 1e-6, "after rollback");
-    assert_rows_close(&again, &r.decode_logits, TOLERANCE, "after rollback vs reference");
+    assert_rows_close(
+        &again,
+        &r.decode_logits,
+        TOLERANCE,
+        "after rollback vs reference",
+    );
     // A deeper rollback into the prompt, then the rest of the prompt again.
     TargetModel::truncate(&mut m, 5).expect("rollback");
     let rest = m.forward_all(&r.input_ids[5..]).expect("refeed");
     assert_rows_close(&rest, &r.logits[5..], TOLERANCE, "refed prompt");
-    assert!(TargetModel::truncate(&mut m, 100).is_err(), "cannot grow by truncation");
+    assert!(
+        TargetModel::truncate(&mut m, 100).is_err(),
+        "cannot grow by truncation"
+    );
 }
 
 fn batch_equals_token_by_token(name: &str) {
@@ -180,9 +196,15 @@ fn tiny_qwen2_batch_equals_stepwise() {
 #[test]
 fn out_of_vocabulary_and_empty_input_are_errors() {
     let mut m = load("tiny-llama");
-    let err = m.forward_all(&[64]).err().expect("id 64 is outside 64 tokens");
+    let err = m
+        .forward_all(&[64])
+        .expect_err("id 64 is outside 64 tokens");
     assert!(err.to_string().contains("64"), "{err}");
-    assert_eq!(TargetModel::context_len(&m), 0, "state untouched after an error");
+    assert_eq!(
+        TargetModel::context_len(&m),
+        0,
+        "state untouched after an error"
+    );
     assert!(m.forward_all(&[]).is_err());
     let mut capped = load("tiny-llama").with_max_context(4);
     assert!(capped.forward_all(&[1, 2, 3, 4, 5]).is_err());
@@ -195,7 +217,9 @@ fn truncated_safetensors_names_the_file() {
     let weights = dir.join("model.safetensors");
     let bytes = std::fs::read(&weights).expect("read");
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).expect("truncate");
-    let err = Transformer::load(&dir, &Device::flex()).err().expect("must fail");
+    let err = Transformer::load(&dir, &Device::flex())
+        .err()
+        .expect("must fail");
     let msg = err.to_string();
     assert!(msg.contains("model.safetensors"), "{msg}");
     assert!(msg.contains("corrupt or truncated"), "{msg}");
@@ -206,8 +230,11 @@ fn truncated_safetensors_names_the_file() {
 fn garbage_safetensors_header_names_the_file() {
     let dir = scratch("garbage");
     copy_fixture("tiny-llama", &dir);
-    std::fs::write(dir.join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json")
-        .expect("write");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json",
+    )
+    .expect("write");
     let msg = Transformer::load(&dir, &Device::flex())
         .err()
         .expect("must fail")
@@ -291,14 +318,18 @@ fn model_names_resolve_under_the_models_dir() {
     let found = hlm_backends::resolve_model_path("tiny", Some(&dir)).expect("found");
     assert_eq!(found, dir.join("tiny"));
     let msg = hlm_backends::resolve_model_path("absent", Some(&dir))
-        .err()
-        .expect("missing")
+        .expect_err("missing")
         .to_string();
     assert!(msg.contains("cargo xtask models fetch absent"), "{msg}");
-    assert!(msg.contains(&dir.join("absent").display().to_string()), "{msg}");
+    assert!(
+        msg.contains(&dir.join("absent").display().to_string()),
+        "{msg}"
+    );
     assert!(hlm_backends::resolve_model_path("./nope.gguf", Some(&dir)).is_err());
     assert!(hlm_backends::parse_device("cpu").is_ok());
-    let msg = hlm_backends::parse_device("tpu").err().expect("unknown").to_string();
+    let msg = hlm_backends::parse_device("tpu")
+        .expect_err("unknown")
+        .to_string();
     assert!(msg.contains("cpu") && msg.contains("wgpu"), "{msg}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -330,7 +361,11 @@ fn gguf_embedded_tokenizer_encodes_and_decodes() {
     let path = dir.join("tiny-llama.gguf");
     gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
     // Re-open the written model file and append tokenizer metadata by rebuilding it.
-    let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    let mut tokens: Vec<String> = vec![
+        "<|endoftext|>".into(),
+        "<|im_start|>".into(),
+        "<|im_end|>".into(),
+    ];
     tokens.extend(('a'..='z').map(String::from));
     tokens.push("Ġ".into());
     let merges = ["h e", "l l", "he ll", "hell o", "Ġ w"];
@@ -372,6 +407,9 @@ fn gguf_embedded_tokenizer_encodes_and_decodes() {
     assert_eq!(tok.eos_ids(), &[2]);
     assert_eq!(tok.vocab_size(), 64);
     let plain = Transformer::load(&path, &Device::flex()).expect("loads");
-    assert!(DraftModel::tokenizer(&plain).is_none(), "no tokenizer metadata");
+    assert!(
+        DraftModel::tokenizer(&plain).is_none(),
+        "no tokenizer metadata"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

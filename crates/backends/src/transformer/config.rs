@@ -67,9 +67,8 @@ impl TransformerConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| {
-            HlmError::Model(format!("{}: not valid JSON: {e}", path.display()))
-        })?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| HlmError::Model(format!("{}: not valid JSON: {e}", path.display())))?;
         let bad = |key: &str, why: &str| {
             HlmError::Model(format!("{}: key '{key}' {why}", path.display()))
         };
@@ -98,13 +97,22 @@ impl TransformerConfig {
         // transformers 5 nests the RoPE base under `rope_parameters`; 4.x keeps it on top.
         let rope_theta = json
             .get("rope_theta")
-            .or_else(|| json.get("rope_parameters").and_then(|p| p.get("rope_theta")))
-            .map(|v| v.as_f64().ok_or_else(|| bad("rope_theta", "is not a number")))
+            .or_else(|| {
+                json.get("rope_parameters")
+                    .and_then(|p| p.get("rope_theta"))
+            })
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| bad("rope_theta", "is not a number"))
+            })
             .transpose()?
             .unwrap_or(10_000.0);
         let rms_eps = json
             .get("rms_norm_eps")
-            .map(|v| v.as_f64().ok_or_else(|| bad("rms_norm_eps", "is not a number")))
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| bad("rms_norm_eps", "is not a number"))
+            })
             .transpose()?
             .unwrap_or(1e-6);
         let tied_embeddings = json
@@ -213,20 +221,23 @@ impl TransformerConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return fail(format!("{name} must be positive"));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return fail(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return fail(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return fail(format!("rope_theta {} must be positive", self.rope_theta));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
-            return fail(format!("rms_norm_eps {} must be non-negative", self.rms_eps));
+            return fail(format!(
+                "rms_norm_eps {} must be non-negative",
+                self.rms_eps
+            ));
         }
         Ok(())
     }

@@ -47,7 +47,10 @@ impl ModelFiles {
         })?;
         let mut ggufs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+            })
             .collect();
         match ggufs.len() {
             1 => Ok(ModelFiles::Gguf(ggufs.remove(0))),
@@ -112,11 +115,16 @@ impl Transformer {
         Ok(Self::assemble(network, tokenizer, folder))
     }
 
-    fn assemble(network: Network, tokenizer: Option<Arc<dyn TextTokenizer>>, origin: &Path) -> Self {
+    fn assemble(
+        network: Network,
+        tokenizer: Option<Arc<dyn TextTokenizer>>,
+        origin: &Path,
+    ) -> Self {
         let cfg = network.config();
-        let name = origin
-            .file_name()
-            .map_or_else(|| origin.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = origin.file_name().map_or_else(
+            || origin.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let description = format!(
             "{name} ({:?}, {} layers, hidden {}, {}/{} heads, vocab {}) on {:?}",
             cfg.family,

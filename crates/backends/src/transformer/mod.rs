@@ -18,4 +18,6 @@ pub mod weights;
 
 pub use config::{Family, RopeLayout, TransformerConfig};
 pub use loaded::{ModelFiles, Transformer};
-pub use spec::{DEVICE_NAMES, TransformerSpec, default_models_dir, parse_device, resolve_model_path};
+pub use spec::{
+    DEVICE_NAMES, TransformerSpec, default_models_dir, parse_device, resolve_model_path,
+};

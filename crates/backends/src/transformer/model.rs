@@ -98,12 +98,15 @@ impl Network {
                 device,
             ))
         };
-        let linear = |w: LayerTensor, b: Option<LayerTensor>, i: usize, out, inp| -> Result<Linear> {
-            Ok(Linear {
-                weight: matrix(TensorName::Layer(i, w), out, inp)?,
-                bias: b.map(|b| vector(TensorName::Layer(i, b), out)).transpose()?,
-            })
-        };
+        let linear =
+            |w: LayerTensor, b: Option<LayerTensor>, i: usize, out, inp| -> Result<Linear> {
+                Ok(Linear {
+                    weight: matrix(TensorName::Layer(i, w), out, inp)?,
+                    bias: b
+                        .map(|b| vector(TensorName::Layer(i, b), out))
+                        .transpose()?,
+                })
+            };
         let bias = |b: LayerTensor| cfg.qkv_bias.then_some(b);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
@@ -291,7 +294,11 @@ fn newest_attention(layer: usize, probs: Tensor<3>) -> Result<LayerAttention> {
     let flat = read_f32(probs.narrow(1, seq - 1, 1))?;
     Ok(LayerAttention {
         layer,
-        heads: flat.chunks_exact(keys).take(heads).map(<[f32]>::to_vec).collect(),
+        heads: flat
+            .chunks_exact(keys)
+            .take(heads)
+            .map(<[f32]>::to_vec)
+            .collect(),
     })
 }
 

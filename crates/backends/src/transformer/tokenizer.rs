@@ -183,7 +183,9 @@ fn pre_tokenizer(pre: &str, path: &Path) -> Result<PreTokenizerWrapper> {
                     path.display()
                 );
             }
-            Ok(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, true)))
+            Ok(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+                false, false, true,
+            )))
         }
     }
 }
@@ -251,7 +253,9 @@ pub fn load_tokenizer(
     } else {
         model_path.parent()
     };
-    let json = folder.map(|f| f.join("tokenizer.json")).filter(|p| p.is_file());
+    let json = folder
+        .map(|f| f.join("tokenizer.json"))
+        .filter(|p| p.is_file());
     if let Some(json) = json {
         let eos = match gguf {
             Some(file) => gguf_eos(file)?,
@@ -288,7 +292,9 @@ fn hf_eos(folder: &Path) -> Result<Vec<TokenId>> {
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| HlmError::Model(format!("{}: not valid JSON: {e}", path.display())))?;
         let ids: Vec<TokenId> = match json.get("eos_token_id") {
-            Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().map(|v| v as TokenId).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().into_iter().map(|v| v as TokenId).collect()
+            }
             Some(serde_json::Value::Array(a)) => a
                 .iter()
                 .filter_map(serde_json::Value::as_u64)

@@ -198,7 +198,8 @@ impl SafetensorsFiles {
             ))
         })?;
         let (path, map) = &self.files[file_ix];
-        let fail = |why: String| HlmError::Model(format!("{}: tensor '{name}': {why}", path.display()));
+        let fail =
+            |why: String| HlmError::Model(format!("{}: tensor '{name}': {why}", path.display()));
         // Parsed and validated in `open`; re-parsing the header is cheap next to the copy.
         let tensors = SafeTensors::deserialize(map).map_err(|e| fail(e.to_string()))?;
         let view = tensors.tensor(name).map_err(|e| fail(e.to_string()))?;
@@ -254,10 +255,7 @@ fn shards_of_index(index_path: &Path) -> Result<Vec<String>> {
         .get("weight_map")
         .and_then(serde_json::Value::as_object)
         .ok_or_else(|| {
-            HlmError::Model(format!(
-                "{}: no 'weight_map' object",
-                index_path.display()
-            ))
+            HlmError::Model(format!("{}: no 'weight_map' object", index_path.display()))
         })?;
     let mut shards: Vec<String> = Vec::new();
     for (tensor, file) in map {

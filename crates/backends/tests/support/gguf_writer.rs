@@ -140,7 +140,11 @@ pub fn write_tiny_llama_gguf(fixture: &Path, out: &Path) {
 }
 
 /// Like [`write_tiny_llama_gguf`], letting `extra` add metadata (e.g. a tokenizer).
-pub fn write_tiny_llama_gguf_with(fixture: &Path, out: &Path, extra: impl FnOnce(&mut GgufBuilder)) {
+pub fn write_tiny_llama_gguf_with(
+    fixture: &Path,
+    out: &Path,
+    extra: impl FnOnce(&mut GgufBuilder),
+) {
     let bytes = std::fs::read(fixture.join("model.safetensors")).expect("fixture");
     let st = SafeTensors::deserialize(&bytes).expect("fixture parses");
     let (hidden, heads, kv_heads, layers) = (32usize, 4usize, 2usize, 2usize);
@@ -169,11 +173,27 @@ pub fn write_tiny_llama_gguf_with(fixture: &Path, out: &Path, extra: impl FnOnce
         let hf = |s: &str| format!("model.layers.{i}.{s}");
         let gg = |s: &str| format!("blk.{i}.{s}");
         add(&hf("input_layernorm.weight"), &gg("attn_norm.weight"), None);
-        add(&hf("self_attn.q_proj.weight"), &gg("attn_q.weight"), Some(heads));
-        add(&hf("self_attn.k_proj.weight"), &gg("attn_k.weight"), Some(kv_heads));
+        add(
+            &hf("self_attn.q_proj.weight"),
+            &gg("attn_q.weight"),
+            Some(heads),
+        );
+        add(
+            &hf("self_attn.k_proj.weight"),
+            &gg("attn_k.weight"),
+            Some(kv_heads),
+        );
         add(&hf("self_attn.v_proj.weight"), &gg("attn_v.weight"), None);
-        add(&hf("self_attn.o_proj.weight"), &gg("attn_output.weight"), None);
-        add(&hf("post_attention_layernorm.weight"), &gg("ffn_norm.weight"), None);
+        add(
+            &hf("self_attn.o_proj.weight"),
+            &gg("attn_output.weight"),
+            None,
+        );
+        add(
+            &hf("post_attention_layernorm.weight"),
+            &gg("ffn_norm.weight"),
+            None,
+        );
         add(&hf("mlp.gate_proj.weight"), &gg("ffn_gate.weight"), None);
         add(&hf("mlp.up_proj.weight"), &gg("ffn_up.weight"), None);
         add(&hf("mlp.down_proj.weight"), &gg("ffn_down.weight"), None);
