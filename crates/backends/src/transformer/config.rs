@@ -7,6 +7,9 @@ use serde_json::Value;
 
 use crate::gguf::GgufFile;
 
+/// Context length assumed when a HF config does not state `max_position_embeddings`.
+const DEFAULT_HF_CONTEXT: usize = 4096;
+
 /// Model family: decides the default biases and how the weights are named and laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -137,7 +140,10 @@ impl TransformerConfig {
             head_dim,
             rope_theta,
             rms_eps,
-            max_context: usize_key("max_position_embeddings").unwrap_or(4096),
+            max_context: match json.get("max_position_embeddings") {
+                Some(Value::Null) | None => DEFAULT_HF_CONTEXT,
+                Some(_) => usize_key("max_position_embeddings")?,
+            },
             tied_embeddings,
             qkv_bias,
             // HF checkpoints keep Q/K in the order `rotate_half` expects.

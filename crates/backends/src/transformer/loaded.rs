@@ -30,6 +30,16 @@ impl ModelFiles {
     /// exactly one `.gguf` file.
     pub fn classify(path: &Path) -> Result<Self> {
         if path.is_file() {
+            // A file of a HF checkpoint stands for its folder.
+            let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase());
+            let in_hf_folder = name.is_some_and(|n| {
+                n == "config.json"
+                    || n.ends_with(".safetensors")
+                    || n.ends_with(".safetensors.index.json")
+            });
+            if in_hf_folder && let Some(folder) = path.parent() {
+                return Ok(ModelFiles::HfFolder(folder.to_path_buf()));
+            }
             return Ok(ModelFiles::Gguf(path.to_path_buf()));
         }
         if !path.is_dir() {

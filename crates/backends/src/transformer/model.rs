@@ -188,9 +188,11 @@ impl Network {
         let mut x = self.embed(tokens)?;
         let angles = self.rope.angles(past, seq, &self.device);
         // Causal mask over [new positions, all keys]; one new token sees everything.
+        // Expanded over the heads explicitly: not every backend broadcasts masks.
         let mask = (seq > 1).then(|| {
             Tensor::<2, Bool>::tril_mask([seq, past + seq], past as i64, &self.device)
                 .unsqueeze::<3>()
+                .expand([cfg.n_heads, seq, past + seq])
         });
         let mut attention = Vec::with_capacity(attention_layers.len());
         for (i, block) in self.blocks.iter().enumerate() {

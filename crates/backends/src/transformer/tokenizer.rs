@@ -240,35 +240,37 @@ impl TextTokenizer for BpeTokenizer {
     }
 }
 
-/// The tokenizer of a model at `model_path` (a GGUF file or a HF folder): a
-/// `tokenizer.json` in the folder wins, else the GGUF's own vocabulary. `Ok(None)` when
-/// there is none.
+/// The tokenizer of a model at `model_path` (a GGUF file or a HF folder). A GGUF file's own
+/// vocabulary wins, since it belongs to that very file; a `tokenizer.json` in the model's
+/// folder is used for HF folders and for GGUF files without a usable embedded tokenizer.
+/// `Ok(None)` when there is none.
 pub fn load_tokenizer(
     model_path: &Path,
     gguf: Option<&GgufFile>,
     model_vocab: usize,
 ) -> Result<Option<Arc<dyn TextTokenizer>>> {
+    if let Some(file) = gguf
+        && let Some(tok) = BpeTokenizer::from_gguf(file, model_vocab)?
+    {
+        return Ok(Some(Arc::new(tok)));
+    }
     let folder = if model_path.is_dir() {
         Some(model_path)
     } else {
         model_path.parent()
     };
-    let json = folder
+    let Some(json) = folder
         .map(|f| f.join("tokenizer.json"))
-        .filter(|p| p.is_file());
-    if let Some(json) = json {
-        let eos = match gguf {
-            Some(file) => gguf_eos(file)?,
-            None => folder.map(hf_eos).transpose()?.unwrap_or_default(),
-        };
-        let tok = BpeTokenizer::from_json_file(&json, eos, model_vocab)?;
-        return Ok(Some(Arc::new(tok)));
-    }
-    match gguf {
-        Some(file) => Ok(BpeTokenizer::from_gguf(file, model_vocab)?
-            .map(|t| Arc::new(t) as Arc<dyn TextTokenizer>)),
-        None => Ok(None),
-    }
+        .filter(|p| p.is_file())
+    else {
+        return Ok(None);
+    };
+    let eos = match gguf {
+        Some(file) => gguf_eos(file)?,
+        None => folder.map(hf_eos).transpose()?.unwrap_or_default(),
+    };
+    let tok = BpeTokenizer::from_json_file(&json, eos, model_vocab)?;
+    Ok(Some(Arc::new(tok)))
 }
 
 fn gguf_eos(file: &GgufFile) -> Result<Vec<TokenId>> {
