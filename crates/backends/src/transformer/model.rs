@@ -29,16 +29,16 @@ impl Linear {
     }
 }
 
-/// One decoder layer.
+/// One decoder layer. Q/K/V and gate/up are fused into one matmul each: fewer, larger
+/// products run faster (flex only parallelises a matmul above a size threshold).
 struct Block {
     attn_norm: Tensor<1>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Outputs `[q | k | v]`.
+    qkv: Linear,
     o: Linear,
     ffn_norm: Tensor<1>,
-    gate: Linear,
-    up: Linear,
+    /// Outputs `[gate | up]`.
+    gate_up: Linear,
     down: Linear,
 }
 
@@ -90,37 +90,44 @@ impl Network {
             let v = store.load(name, &[len])?;
             Ok(Tensor::from_data(TensorData::new(v, [len]), device))
         };
-        // HF/GGUF keep linear weights as [out, in]; transpose once here.
-        let matrix = |name: TensorName, out: usize, inp: usize| -> Result<Tensor<2>> {
-            let w = store.load(name, &[out, inp])?;
-            Ok(Tensor::from_data(
-                TensorData::new(transpose(&w, out, inp), [inp, out]),
-                device,
-            ))
-        };
-        let linear =
-            |w: LayerTensor, b: Option<LayerTensor>, i: usize, out, inp| -> Result<Linear> {
-                Ok(Linear {
-                    weight: matrix(TensorName::Layer(i, w), out, inp)?,
-                    bias: b
-                        .map(|b| vector(TensorName::Layer(i, b), out))
-                        .transpose()?,
-                })
+        // HF/GGUF keep linear weights as [out, in]. Parts of a fused projection are stacked
+        // along `out` (appending rows), then the whole is transposed once to [in, out].
+        let linear = |i: usize,
+                      parts: &[(LayerTensor, usize)],
+                      bias: Option<&[LayerTensor]>,
+                      inp: usize|
+         -> Result<Linear> {
+            let out: usize = parts.iter().map(|(_, o)| o).sum();
+            let mut w = Vec::with_capacity(out * inp);
+            for &(t, o) in parts {
+                w.extend(store.load(TensorName::Layer(i, t), &[o, inp])?);
+            }
+            let weight =
+                Tensor::from_data(TensorData::new(transpose(&w, out, inp), [inp, out]), device);
+            let bias = match bias {
+                None => None,
+                Some(names) => {
+                    let mut b = Vec::with_capacity(out);
+                    for (&t, &(_, o)) in names.iter().zip(parts) {
+                        b.extend(store.load(TensorName::Layer(i, t), &[o])?);
+                    }
+                    Some(Tensor::from_data(TensorData::new(b, [out]), device))
+                }
             };
-        let bias = |b: LayerTensor| cfg.qkv_bias.then_some(b);
+            Ok(Linear { weight, bias })
+        };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             use LayerTensor::*;
+            let qkv_bias: &[LayerTensor] = &[QBias, KBias, VBias];
+            let qkv_parts = [(Q, q_dim), (K, kv_dim), (V, kv_dim)];
             blocks.push(Block {
                 attn_norm: vector(TensorName::Layer(i, AttnNorm), hidden)?,
-                q: linear(Q, bias(QBias), i, q_dim, hidden)?,
-                k: linear(K, bias(KBias), i, kv_dim, hidden)?,
-                v: linear(V, bias(VBias), i, kv_dim, hidden)?,
-                o: linear(O, None, i, hidden, q_dim)?,
+                qkv: linear(i, &qkv_parts, cfg.qkv_bias.then_some(qkv_bias), hidden)?,
+                o: linear(i, &[(O, hidden)], None, q_dim)?,
                 ffn_norm: vector(TensorName::Layer(i, FfnNorm), hidden)?,
-                gate: linear(Gate, None, i, inter, hidden)?,
-                up: linear(Up, None, i, inter, hidden)?,
-                down: linear(Down, None, i, hidden, inter)?,
+                gate_up: linear(i, &[(Gate, inter), (Up, inter)], None, hidden)?,
+                down: linear(i, &[(Down, hidden)], None, inter)?,
             });
         }
         let embedding = store.load(TensorName::Embedding, &[vocab, hidden])?;
@@ -130,7 +137,11 @@ impl Network {
                 device,
             )
         } else {
-            matrix(TensorName::LmHead, vocab, hidden)?
+            let w = store.load(TensorName::LmHead, &[vocab, hidden])?;
+            Tensor::from_data(
+                TensorData::new(transpose(&w, vocab, hidden), [hidden, vocab]),
+                device,
+            )
         };
         Ok(Network {
             cfg: cfg.clone(),
@@ -197,9 +208,11 @@ impl Network {
         let mut attention = Vec::with_capacity(attention_layers.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &block.attn_norm, cfg.rms_eps);
-            let q = self.heads(block.q.forward(h.clone()), cfg.n_heads);
-            let k = self.heads(block.k.forward(h.clone()), cfg.n_kv_heads);
-            let v = self.heads(block.v.forward(h), cfg.n_kv_heads);
+            let qkv = block.qkv.forward(h);
+            let (q_dim, kv_dim) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+            let q = self.heads(qkv.clone().narrow(1, 0, q_dim), cfg.n_heads);
+            let k = self.heads(qkv.clone().narrow(1, q_dim, kv_dim), cfg.n_kv_heads);
+            let v = self.heads(qkv.narrow(1, q_dim + kv_dim, kv_dim), cfg.n_kv_heads);
             let q = self.rope.apply(q, &angles);
             let k = self.rope.apply(k, &angles);
             let (keys, values) = cache.append(i, k, v);
@@ -221,7 +234,9 @@ impl Network {
                 .reshape([seq, cfg.n_heads * cfg.head_dim]);
             x = x + block.o.forward(mixed);
             let h = rms_norm(x.clone(), &block.ffn_norm, cfg.rms_eps);
-            let gated = silu(block.gate.forward(h.clone())) * block.up.forward(h);
+            let gate_up = block.gate_up.forward(h);
+            let inter = cfg.intermediate_size;
+            let gated = silu(gate_up.clone().narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter);
             x = x + block.down.forward(gated);
         }
         let x = match rows {
