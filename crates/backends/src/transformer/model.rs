@@ -200,10 +200,14 @@ impl Network {
         let angles = self.rope.angles(past, seq, &self.device);
         // Causal mask over [new positions, all keys]; one new token sees everything.
         // Expanded over the heads explicitly: not every backend broadcasts masks.
+        let (group, total) = (cfg.kv_group(), past + seq);
+        // Rows are (query head in its KV group, position), see `group_queries`. Expanded
+        // explicitly: not every backend broadcasts masks.
         let mask = (seq > 1).then(|| {
-            Tensor::<2, Bool>::tril_mask([seq, past + seq], past as i64, &self.device)
-                .unsqueeze::<3>()
-                .expand([cfg.n_heads, seq, past + seq])
+            Tensor::<2, Bool>::tril_mask([seq, total], past as i64, &self.device)
+                .unsqueeze::<4>()
+                .expand([cfg.n_kv_heads, group, seq, total])
+                .reshape([cfg.n_kv_heads, group * seq, total])
         });
         let mut attention = Vec::with_capacity(attention_layers.len());
         for (i, block) in self.blocks.iter().enumerate() {
@@ -216,20 +220,22 @@ impl Network {
             let q = self.rope.apply(q, &angles);
             let k = self.rope.apply(k, &angles);
             let (keys, values) = cache.append(i, k, v);
-            let keys = repeat_kv(keys, cfg.kv_group());
-            let values = repeat_kv(values, cfg.kv_group());
+            let q = group_queries(q, cfg.n_kv_heads);
             let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+            // [kv_heads, group * seq, total]
             let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(scale);
             if let Some(mask) = &mask {
                 scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
             }
             let probs = softmax(scores, 2);
             if attention_layers.contains(&i) {
-                attention.push(newest_attention(i, probs.clone())?);
+                let per_head = probs.clone().reshape([cfg.n_heads, seq, total]);
+                attention.push(newest_attention(i, per_head)?);
             }
-            // [heads, seq, head_dim] -> [seq, heads * head_dim]
+            // [kv_heads, group * seq, head_dim] -> [heads, seq, head_dim] -> [seq, heads * head_dim]
             let mixed = probs
                 .matmul(values)
+                .reshape([cfg.n_heads, seq, cfg.head_dim])
                 .swap_dims(0, 1)
                 .reshape([seq, cfg.n_heads * cfg.head_dim]);
             x = x + block.o.forward(mixed);
@@ -293,16 +299,12 @@ fn rms_norm(x: Tensor<2>, gamma: &Tensor<1>, eps: f64) -> Tensor<2> {
     x * mean_sq.add_scalar(eps).sqrt().recip() * gamma.clone().unsqueeze::<2>()
 }
 
-/// GQA: `[kv_heads, len, d]` -> `[kv_heads * group, len, d]`, query head `h` using KV head
-/// `h / group` (`repeat_dim` would tile in the wrong order).
-fn repeat_kv(x: Tensor<3>, group: usize) -> Tensor<3> {
-    if group == 1 {
-        return x;
-    }
-    let [kv, len, d] = x.dims();
-    x.unsqueeze_dim::<4>(1)
-        .expand([kv, group, len, d])
-        .reshape([kv * group, len, d])
+/// GQA without copying keys and values per query head: query head `h` uses KV head
+/// `h / group`, and heads of one group are adjacent, so `[heads, seq, d]` regroups to
+/// `[kv_heads, group * seq, d]` and one batched matmul per KV head serves its whole group.
+fn group_queries(q: Tensor<3>, kv_heads: usize) -> Tensor<3> {
+    let [heads, seq, d] = q.dims();
+    q.reshape([kv_heads, heads / kv_heads * seq, d])
 }
 
 /// Attention probabilities of the last query position, per head, over all keys.
