@@ -413,3 +413,42 @@ fn gguf_embedded_tokenizer_encodes_and_decodes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn explicit_layer_indices_select_attention() {
+    let r = reference("tiny-qwen2");
+    let mut m = load("tiny-qwen2");
+    let sel = LayerSelection::Indices(vec![-1, 0]);
+    let step = DraftModel::forward(&mut m, &r.input_ids, Some(&sel)).expect("fwd");
+    let map = step.attention.expect("attention");
+    let layers: Vec<usize> = map.layers.iter().map(|l| l.layer).collect();
+    assert_eq!(layers, vec![0, 1]);
+    assert_rows_close(
+        &map.layers[1].heads,
+        &r.attentions_last_layer_newest,
+        TOLERANCE,
+        "attention of layer -1",
+    );
+    let bad = LayerSelection::Indices(vec![2]);
+    assert!(DraftModel::forward(&mut m, &[1], Some(&bad)).is_err());
+    assert_eq!(DraftModel::context_len(&m), r.input_ids.len());
+}
+
+/// The same reference on the wgpu backend. Needs a GPU (or software) adapter, so it only
+/// runs with `HLM_TEST_WGPU=1`.
+#[test]
+fn wgpu_matches_reference_when_enabled() {
+    if std::env::var("HLM_TEST_WGPU").as_deref() != Ok("1") {
+        eprintln!("skipped: set HLM_TEST_WGPU=1 to run on wgpu");
+        return;
+    }
+    let device = hlm_backends::parse_device("wgpu").expect("wgpu device");
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let r = reference(name);
+        let mut m = Transformer::load(&fixture(name), &device).expect("loads on wgpu");
+        let logits = m.forward_all(&r.input_ids).expect("prefill");
+        assert_rows_close(&logits, &r.logits, TOLERANCE, "wgpu prefill");
+        let decode = m.forward_all(&r.extra_ids[..1]).expect("decode");
+        assert_close(&decode[0], &r.decode_logits[0], TOLERANCE, "wgpu decode");
+    }
+}
