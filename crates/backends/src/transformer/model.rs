@@ -172,6 +172,9 @@ impl Network {
         rows: LogitRows,
         attention_layers: &[usize],
     ) -> Result<ForwardOutput> {
+        if tokens.is_empty() {
+            return Err(HlmError::Model("forward needs at least one token".into()));
+        }
         let past = cache.len();
         let out = self.forward_uncommitted(tokens, cache, rows, attention_layers);
         match out {
@@ -198,11 +201,10 @@ impl Network {
         let past = cache.len();
         let mut x = self.embed(tokens)?;
         let angles = self.rope.angles(past, seq, &self.device);
-        // Causal mask over [new positions, all keys]; one new token sees everything.
-        // Expanded over the heads explicitly: not every backend broadcasts masks.
         let (group, total) = (cfg.kv_group(), past + seq);
-        // Rows are (query head in its KV group, position), see `group_queries`. Expanded
-        // explicitly: not every backend broadcasts masks.
+        // Causal mask over [new positions, all keys]; one new token sees everything. Rows are
+        // (query head in its KV group, position), see `group_queries`. Expanded explicitly:
+        // not every backend broadcasts masks.
         let mask = (seq > 1).then(|| {
             Tensor::<2, Bool>::tril_mask([seq, total], past as i64, &self.device)
                 .unsqueeze::<4>()
