@@ -5,11 +5,14 @@
 //! - [`verifier::LocalVerifier`] (`[verifier] type = "local"`): speculative-sampling
 //!   verification on a [`hlm_core::TargetModel`] in this process, with KV rollback.
 //!
-//! Transformer models on burn (LLaMA, Qwen2 from GGUF and safetensors) live here as well.
+//! - [`transformer::Transformer`] (`type = "transformer"`): LLaMA/Qwen2 decoders on burn,
+//!   loaded from GGUF or safetensors; usable as draft and as target model.
 
 pub mod gguf;
+pub mod transformer;
 pub mod verifier;
 
+pub use transformer::{Transformer, TransformerSpec, parse_device, resolve_model_path};
 pub use verifier::{LocalVerifier, LocalVerifierSpec, RuleChoice};
 
 /// Force-link the typetag registrations of this crate into a binary.

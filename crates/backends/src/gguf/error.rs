@@ -132,3 +132,10 @@ pub enum GgufError {
         target: &'static str,
     },
 }
+
+impl From<GgufError> for hlm_core::HlmError {
+    /// The message already names the file and the tensor or key.
+    fn from(e: GgufError) -> Self {
+        hlm_core::HlmError::Model(e.to_string())
+    }
+}

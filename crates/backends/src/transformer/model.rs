@@ -1,0 +1,346 @@
+//! The decoder network on burn: RMSNorm, GQA attention with RoPE and a KV cache, SwiGLU.
+//!
+//! Linear weights are stored transposed, `[in, out]`, so that `x @ W` needs no per-call
+//! transpose. The token embedding stays on the host: a lookup is a row copy, and this keeps
+//! integer tensors out of the forward pass.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+use hlm_core::{HlmError, LayerAttention, Result, TokenId};
+
+use super::config::TransformerConfig;
+use super::kv_cache::KvCache;
+use super::rope::Rope;
+use super::weights::{LayerTensor, TensorName, WeightStore};
+
+/// A linear projection `y = x @ w + b`, with `w` of shape `[in, out]`.
+struct Linear {
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+}
+
+/// One decoder layer. Q/K/V and gate/up are fused into one matmul each: fewer, larger
+/// products run faster (flex only parallelises a matmul above a size threshold).
+struct Block {
+    attn_norm: Tensor<1>,
+    /// Outputs `[q | k | v]`.
+    qkv: Linear,
+    o: Linear,
+    ffn_norm: Tensor<1>,
+    /// Outputs `[gate | up]`.
+    gate_up: Linear,
+    down: Linear,
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Only the last fed position (drafting).
+    Last,
+    /// Every fed position (verification).
+    All,
+}
+
+/// What one forward pass returns.
+pub struct ForwardOutput {
+    /// Logits per requested position, in order.
+    pub logits: Vec<Vec<f32>>,
+    /// Attention of the newest position for the requested layers, in layer order.
+    pub attention: Vec<LayerAttention>,
+}
+
+/// The weights of a decoder, on a burn device.
+pub struct Network {
+    cfg: TransformerConfig,
+    device: Device,
+    /// `[vocab, hidden]`, row-major, on the host.
+    embedding: Vec<f32>,
+    blocks: Vec<Block>,
+    final_norm: Tensor<1>,
+    /// `[hidden, vocab]`.
+    lm_head: Tensor<2>,
+    rope: Rope,
+}
+
+impl Network {
+    /// Load and shape-check every tensor of `cfg` from `store`.
+    pub fn load(cfg: &TransformerConfig, store: &WeightStore, device: &Device) -> Result<Self> {
+        let TransformerConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ..
+        } = *cfg;
+        let q_dim = n_heads * head_dim;
+        let kv_dim = n_kv_heads * head_dim;
+        let vector = |name: TensorName, len: usize| -> Result<Tensor<1>> {
+            let v = store.load(name, &[len])?;
+            Ok(Tensor::from_data(TensorData::new(v, [len]), device))
+        };
+        // HF/GGUF keep linear weights as [out, in]. Parts of a fused projection are stacked
+        // along `out` (appending rows), then the whole is transposed once to [in, out].
+        let linear = |i: usize,
+                      parts: &[(LayerTensor, usize)],
+                      bias: Option<&[LayerTensor]>,
+                      inp: usize|
+         -> Result<Linear> {
+            let out: usize = parts.iter().map(|(_, o)| o).sum();
+            let mut w = Vec::with_capacity(out * inp);
+            for &(t, o) in parts {
+                w.extend(store.load(TensorName::Layer(i, t), &[o, inp])?);
+            }
+            let weight =
+                Tensor::from_data(TensorData::new(transpose(&w, out, inp), [inp, out]), device);
+            let bias = match bias {
+                None => None,
+                Some(names) => {
+                    let mut b = Vec::with_capacity(out);
+                    for (&t, &(_, o)) in names.iter().zip(parts) {
+                        b.extend(store.load(TensorName::Layer(i, t), &[o])?);
+                    }
+                    Some(Tensor::from_data(TensorData::new(b, [out]), device))
+                }
+            };
+            Ok(Linear { weight, bias })
+        };
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            use LayerTensor::*;
+            let qkv_bias: &[LayerTensor] = &[QBias, KBias, VBias];
+            let qkv_parts = [(Q, q_dim), (K, kv_dim), (V, kv_dim)];
+            blocks.push(Block {
+                attn_norm: vector(TensorName::Layer(i, AttnNorm), hidden)?,
+                qkv: linear(i, &qkv_parts, cfg.qkv_bias.then_some(qkv_bias), hidden)?,
+                o: linear(i, &[(O, hidden)], None, q_dim)?,
+                ffn_norm: vector(TensorName::Layer(i, FfnNorm), hidden)?,
+                gate_up: linear(i, &[(Gate, inter), (Up, inter)], None, hidden)?,
+                down: linear(i, &[(Down, hidden)], None, inter)?,
+            });
+        }
+        let embedding = store.load(TensorName::Embedding, &[vocab, hidden])?;
+        let lm_head = if cfg.tied_embeddings {
+            Tensor::from_data(
+                TensorData::new(transpose(&embedding, vocab, hidden), [hidden, vocab]),
+                device,
+            )
+        } else {
+            let w = store.load(TensorName::LmHead, &[vocab, hidden])?;
+            Tensor::from_data(
+                TensorData::new(transpose(&w, vocab, hidden), [hidden, vocab]),
+                device,
+            )
+        };
+        Ok(Network {
+            cfg: cfg.clone(),
+            device: device.clone(),
+            embedding,
+            blocks,
+            final_norm: vector(TensorName::FinalNorm, hidden)?,
+            lm_head,
+            rope: Rope::new(head_dim, cfg.rope_theta, cfg.rope_layout),
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Feed `tokens` after the `cache.len()` tokens already in `cache`, appending their keys
+    /// and values. `attention_layers` must be valid layer indices. On error the cache is left
+    /// as it was.
+    pub fn forward(
+        &self,
+        tokens: &[TokenId],
+        cache: &mut KvCache,
+        rows: LogitRows,
+        attention_layers: &[usize],
+    ) -> Result<ForwardOutput> {
+        if tokens.is_empty() {
+            return Err(HlmError::Model("forward needs at least one token".into()));
+        }
+        let past = cache.len();
+        let out = self.forward_uncommitted(tokens, cache, rows, attention_layers);
+        match out {
+            Ok(out) => {
+                cache.commit(past + tokens.len());
+                Ok(out)
+            }
+            Err(e) => {
+                cache.truncate(past);
+                Err(e)
+            }
+        }
+    }
+
+    fn forward_uncommitted(
+        &self,
+        tokens: &[TokenId],
+        cache: &mut KvCache,
+        rows: LogitRows,
+        attention_layers: &[usize],
+    ) -> Result<ForwardOutput> {
+        let cfg = &self.cfg;
+        let seq = tokens.len();
+        let past = cache.len();
+        let mut x = self.embed(tokens)?;
+        let angles = self.rope.angles(past, seq, &self.device);
+        let (group, total) = (cfg.kv_group(), past + seq);
+        // Causal mask over [new positions, all keys]; one new token sees everything. Rows are
+        // (query head in its KV group, position), see `group_queries`. Expanded explicitly:
+        // not every backend broadcasts masks.
+        let mask = (seq > 1).then(|| {
+            Tensor::<2, Bool>::tril_mask([seq, total], past as i64, &self.device)
+                .unsqueeze::<4>()
+                .expand([cfg.n_kv_heads, group, seq, total])
+                .reshape([cfg.n_kv_heads, group * seq, total])
+        });
+        let mut attention = Vec::with_capacity(attention_layers.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(x.clone(), &block.attn_norm, cfg.rms_eps);
+            let qkv = block.qkv.forward(h);
+            let (q_dim, kv_dim) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+            let q = self.heads(qkv.clone().narrow(1, 0, q_dim), cfg.n_heads);
+            let k = self.heads(qkv.clone().narrow(1, q_dim, kv_dim), cfg.n_kv_heads);
+            let v = self.heads(qkv.narrow(1, q_dim + kv_dim, kv_dim), cfg.n_kv_heads);
+            let q = self.rope.apply(q, &angles);
+            let k = self.rope.apply(k, &angles);
+            let (keys, values) = cache.append(i, k, v);
+            let q = group_queries(q, cfg.n_kv_heads);
+            let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+            // [kv_heads, group * seq, total]
+            let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(scale);
+            if let Some(mask) = &mask {
+                scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
+            }
+            let probs = softmax(scores, 2);
+            if attention_layers.contains(&i) {
+                let per_head = probs.clone().reshape([cfg.n_heads, seq, total]);
+                attention.push(newest_attention(i, per_head)?);
+            }
+            // [kv_heads, group * seq, head_dim] -> [heads, seq, head_dim] -> [seq, heads * head_dim]
+            let mixed = probs
+                .matmul(values)
+                .reshape([cfg.n_heads, seq, cfg.head_dim])
+                .swap_dims(0, 1)
+                .reshape([seq, cfg.n_heads * cfg.head_dim]);
+            x = x + block.o.forward(mixed);
+            let h = rms_norm(x.clone(), &block.ffn_norm, cfg.rms_eps);
+            let gate_up = block.gate_up.forward(h);
+            let inter = cfg.intermediate_size;
+            let gated = silu(gate_up.clone().narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter);
+            x = x + block.down.forward(gated);
+        }
+        let x = match rows {
+            LogitRows::Last => x.narrow(0, seq - 1, 1),
+            LogitRows::All => x,
+        };
+        let n_rows = x.dims()[0];
+        let logits = rms_norm(x, &self.final_norm, cfg.rms_eps).matmul(self.lm_head.clone());
+        let flat = read_f32(logits)?;
+        let logits = flat
+            .chunks_exact(cfg.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect::<Vec<_>>();
+        if logits.len() != n_rows {
+            return Err(HlmError::Model(format!(
+                "expected {n_rows} logit rows of {}, read {} values",
+                cfg.vocab_size,
+                flat.len()
+            )));
+        }
+        Ok(ForwardOutput { logits, attention })
+    }
+
+    /// Gather embedding rows on the host: `[seq, hidden]`.
+    fn embed(&self, tokens: &[TokenId]) -> Result<Tensor<2>> {
+        let hidden = self.cfg.hidden_size;
+        let mut rows = Vec::with_capacity(tokens.len() * hidden);
+        for &t in tokens {
+            let start = t as usize * hidden;
+            let row = self.embedding.get(start..start + hidden).ok_or_else(|| {
+                HlmError::Model(format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    self.cfg.vocab_size
+                ))
+            })?;
+            rows.extend_from_slice(row);
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(rows, [tokens.len(), hidden]),
+            &self.device,
+        ))
+    }
+
+    /// `[seq, heads * head_dim]` -> `[heads, seq, head_dim]`.
+    fn heads(&self, x: Tensor<2>, heads: usize) -> Tensor<3> {
+        let seq = x.dims()[0];
+        x.reshape([seq, heads, self.cfg.head_dim]).swap_dims(0, 1)
+    }
+}
+
+/// `x / sqrt(mean(x²) + eps) * gamma` over the last dimension.
+fn rms_norm(x: Tensor<2>, gamma: &Tensor<1>, eps: f64) -> Tensor<2> {
+    let mean_sq = (x.clone() * x.clone()).mean_dim(1);
+    x * mean_sq.add_scalar(eps).sqrt().recip() * gamma.clone().unsqueeze::<2>()
+}
+
+/// GQA without copying keys and values per query head: query head `h` uses KV head
+/// `h / group`, and heads of one group are adjacent, so `[heads, seq, d]` regroups to
+/// `[kv_heads, group * seq, d]` and one batched matmul per KV head serves its whole group.
+fn group_queries(q: Tensor<3>, kv_heads: usize) -> Tensor<3> {
+    let [heads, seq, d] = q.dims();
+    q.reshape([kv_heads, heads / kv_heads * seq, d])
+}
+
+/// Attention probabilities of the last query position, per head, over all keys.
+fn newest_attention(layer: usize, probs: Tensor<3>) -> Result<LayerAttention> {
+    let [heads, seq, keys] = probs.dims();
+    let flat = read_f32(probs.narrow(1, seq - 1, 1))?;
+    Ok(LayerAttention {
+        layer,
+        heads: flat
+            .chunks_exact(keys)
+            .take(heads)
+            .map(<[f32]>::to_vec)
+            .collect(),
+    })
+}
+
+fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| HlmError::Model(format!("cannot read a tensor back from the device: {e:?}")))
+}
+
+/// Row-major `[rows, cols]` -> `[cols, rows]`.
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut dst = vec![0.0f32; src.len()];
+    // Blocked so both sides stay in cache for the big matrices (embeddings, MLP).
+    const B: usize = 32;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+    dst
+}

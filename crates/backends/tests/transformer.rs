@@ -1,0 +1,454 @@
+//! The burn transformer against the HF transformers reference of the tiny fixtures (CPU).
+
+#[path = "support/gguf_writer.rs"]
+mod gguf_writer;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use hlm_backends::Transformer;
+use hlm_core::{DraftModel, LayerSelection, TargetModel, TokenId};
+use serde::Deserialize;
+
+const TOLERANCE: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct Reference {
+    input_ids: Vec<TokenId>,
+    logits: Vec<Vec<f32>>,
+    extra_ids: Vec<TokenId>,
+    decode_logits: Vec<Vec<f32>>,
+    attentions_last_layer_newest: Vec<Vec<f32>>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).expect("reference");
+    serde_json::from_str(&text).expect("reference.json parses")
+}
+
+fn load(name: &str) -> Transformer {
+    Transformer::load(&fixture(name), &Device::flex()).expect("fixture loads")
+}
+
+/// A scratch folder of this test process (removed first if a previous run left it).
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hlm-transformer-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn copy_fixture(name: &str, to: &Path) {
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(name).join(file), to.join(file)).expect("copy fixture");
+    }
+}
+
+#[track_caller]
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= tol, "{what}: max abs diff {worst} > {tol}");
+}
+
+#[track_caller]
+fn assert_rows_close(got: &[Vec<f32>], want: &[Vec<f32>], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: rows");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_close(g, w, tol, &format!("{what} row {i}"));
+    }
+}
+
+fn prefill_and_decode_match_reference(name: &str) {
+    let r = reference(name);
+    let mut m = load(name);
+    let logits = m.forward_all(&r.input_ids).expect("prefill");
+    assert_rows_close(&logits, &r.logits, TOLERANCE, "prefill logits");
+    for (i, &id) in r.extra_ids.iter().enumerate() {
+        let step = DraftModel::forward(&mut m, &[id], None).expect("decode");
+        assert!(step.attention.is_none());
+        assert_close(
+            &step.logits,
+            &r.decode_logits[i],
+            TOLERANCE,
+            "decode logits",
+        );
+    }
+    assert_eq!(
+        TargetModel::context_len(&m),
+        r.input_ids.len() + r.extra_ids.len()
+    );
+}
+
+fn newest_attention_matches_reference(name: &str) {
+    let r = reference(name);
+    let mut m = load(name);
+    let step = DraftModel::forward(&mut m, &r.input_ids, Some(&LayerSelection::Last)).expect("fwd");
+    let last = r.logits.last().expect("logits");
+    assert_close(&step.logits, last, TOLERANCE, "last logits");
+    let map = step.attention.expect("attention requested");
+    assert_eq!(map.layers.len(), 1);
+    assert_eq!(map.layers[0].layer, DraftModel::n_layers(&m) - 1);
+    assert_rows_close(
+        &map.layers[0].heads,
+        &r.attentions_last_layer_newest,
+        TOLERANCE,
+        "attention",
+    );
+    let all = DraftModel::forward(&mut m, &[3], Some(&LayerSelection::All)).expect("fwd");
+    let map = all.attention.expect("attention");
+    assert_eq!(map.layers.len(), DraftModel::n_layers(&m));
+    for layer in &map.layers {
+        for head in &layer.heads {
+            assert_eq!(head.len(), r.input_ids.len() + 1);
+            let sum: f32 = head.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-5, "probabilities sum to {sum}");
+        }
+    }
+}
+
+fn rollback_and_refeed_reproduce_logits(name: &str) {
+    let r = reference(name);
+    let mut m = load(name);
+    m.forward_all(&r.input_ids).expect("prefill");
+    let first = m.forward_all(&r.extra_ids).expect("extra");
+    TargetModel::truncate(&mut m, r.input_ids.len()).expect("rollback");
+    assert_eq!(TargetModel::context_len(&m), r.input_ids.len());
+    let again = m.forward_all(&r.extra_ids).expect("extra again");
+    assert_rows_close(&again, &first, 1e-6, "after rollback");
+    assert_rows_close(
+        &again,
+        &r.decode_logits,
+        TOLERANCE,
+        "after rollback vs reference",
+    );
+    // A deeper rollback into the prompt, then the rest of the prompt again.
+    TargetModel::truncate(&mut m, 5).expect("rollback");
+    let rest = m.forward_all(&r.input_ids[5..]).expect("refeed");
+    assert_rows_close(&rest, &r.logits[5..], TOLERANCE, "refed prompt");
+    assert!(
+        TargetModel::truncate(&mut m, 100).is_err(),
+        "cannot grow by truncation"
+    );
+}
+
+fn batch_equals_token_by_token(name: &str) {
+    let r = reference(name);
+    let mut batched = load(name);
+    let mut single = load(name);
+    let all = batched.forward_all(&r.input_ids).expect("batch");
+    for (i, &id) in r.input_ids.iter().enumerate() {
+        let step = single.forward_all(&[id]).expect("single");
+        assert_close(&step[0], &all[i], 1e-5, &format!("position {i}"));
+    }
+}
+
+#[test]
+fn tiny_llama_prefill_and_decode() {
+    prefill_and_decode_match_reference("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_prefill_and_decode() {
+    prefill_and_decode_match_reference("tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_newest_attention() {
+    newest_attention_matches_reference("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_newest_attention() {
+    newest_attention_matches_reference("tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_rollback() {
+    rollback_and_refeed_reproduce_logits("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_rollback() {
+    rollback_and_refeed_reproduce_logits("tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_batch_equals_stepwise() {
+    batch_equals_token_by_token("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_batch_equals_stepwise() {
+    batch_equals_token_by_token("tiny-qwen2");
+}
+
+#[test]
+fn out_of_vocabulary_and_empty_input_are_errors() {
+    let mut m = load("tiny-llama");
+    let err = m
+        .forward_all(&[64])
+        .expect_err("id 64 is outside 64 tokens");
+    assert!(err.to_string().contains("64"), "{err}");
+    assert_eq!(
+        TargetModel::context_len(&m),
+        0,
+        "state untouched after an error"
+    );
+    assert!(m.forward_all(&[]).is_err());
+    let mut capped = load("tiny-llama").with_max_context(4);
+    assert!(capped.forward_all(&[1, 2, 3, 4, 5]).is_err());
+}
+
+#[test]
+fn truncated_safetensors_names_the_file() {
+    let dir = scratch("truncated");
+    copy_fixture("tiny-llama", &dir);
+    let weights = dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights).expect("read");
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).expect("truncate");
+    let err = Transformer::load(&dir, &Device::flex())
+        .err()
+        .expect("must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("model.safetensors"), "{msg}");
+    assert!(msg.contains("corrupt or truncated"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn garbage_safetensors_header_names_the_file() {
+    let dir = scratch("garbage");
+    copy_fixture("tiny-llama", &dir);
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot json",
+    )
+    .expect("write");
+    let msg = Transformer::load(&dir, &Device::flex())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(msg.contains("model.safetensors"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    // tiny-qwen2 ties its embeddings; claiming it does not makes lm_head.weight required.
+    let dir = scratch("missing");
+    copy_fixture("tiny-qwen2", &dir);
+    let config = std::fs::read_to_string(dir.join("config.json")).expect("config");
+    let untied = config.replace(
+        "\"tie_word_embeddings\": true",
+        "\"tie_word_embeddings\": false",
+    );
+    assert_ne!(config, untied);
+    std::fs::write(dir.join("config.json"), untied).expect("write");
+    let msg = Transformer::load(&dir, &Device::flex())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(msg.contains("lm_head.weight"), "{msg}");
+    assert!(msg.contains("model.safetensors"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn shape_mismatch_is_an_error() {
+    let dir = scratch("shape");
+    copy_fixture("tiny-llama", &dir);
+    let config = std::fs::read_to_string(dir.join("config.json")).expect("config");
+    let wrong = config.replace("\"intermediate_size\": 48", "\"intermediate_size\": 40");
+    assert_ne!(config, wrong);
+    std::fs::write(dir.join("config.json"), wrong).expect("write");
+    let msg = Transformer::load(&dir, &Device::flex())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(msg.contains("mlp.gate_proj.weight"), "{msg}");
+    assert!(msg.contains("[48, 32]"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gguf_round_trip_matches_safetensors() {
+    let dir = scratch("gguf");
+    let path = dir.join("tiny-llama.gguf");
+    gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
+    let r = reference("tiny-llama");
+    let mut from_gguf = Transformer::load(&path, &Device::flex()).expect("gguf loads");
+    assert_eq!(
+        from_gguf.config().rope_layout,
+        hlm_backends::transformer::RopeLayout::Interleaved
+    );
+    let logits = from_gguf.forward_all(&r.input_ids).expect("prefill");
+    assert_rows_close(&logits, &r.logits, TOLERANCE, "gguf prefill");
+    let mut from_st = load("tiny-llama");
+    let st = from_st.forward_all(&r.input_ids).expect("prefill");
+    assert_rows_close(&logits, &st, 1e-5, "gguf vs safetensors");
+    let decode = from_gguf.forward_all(&r.extra_ids).expect("decode");
+    assert_rows_close(&decode, &r.decode_logits, TOLERANCE, "gguf decode");
+    // The same file cut short names the file and the tensor that no longer fits.
+    let bytes = std::fs::read(&path).expect("read");
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).expect("write");
+    let msg = Transformer::load(&cut, &Device::flex())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(msg.contains("cut.gguf"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn model_names_resolve_under_the_models_dir() {
+    let dir = scratch("models");
+    std::fs::create_dir_all(dir.join("tiny")).expect("mkdir");
+    let found = hlm_backends::resolve_model_path("tiny", Some(&dir)).expect("found");
+    assert_eq!(found, dir.join("tiny"));
+    let msg = hlm_backends::resolve_model_path("absent", Some(&dir))
+        .expect_err("missing")
+        .to_string();
+    assert!(msg.contains("cargo xtask models fetch absent"), "{msg}");
+    assert!(
+        msg.contains(&dir.join("absent").display().to_string()),
+        "{msg}"
+    );
+    assert!(hlm_backends::resolve_model_path("./nope.gguf", Some(&dir)).is_err());
+    assert!(hlm_backends::parse_device("cpu").is_ok());
+    let msg = hlm_backends::parse_device("tpu")
+        .expect_err("unknown")
+        .to_string();
+    assert!(msg.contains("cpu") && msg.contains("wgpu"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spec_builds_from_config() {
+    let spec: hlm_backends::TransformerSpec = toml::from_str(&format!(
+        "model = {:?}\ndevice = \"cpu\"\nmax_context = 64\n",
+        fixture("tiny-qwen2").display().to_string()
+    ))
+    .expect("spec parses");
+    let ctx = hlm_core::BuildContext {
+        device: "wgpu".into(),
+        models_dir: None,
+    };
+    let draft = hlm_core::DraftModelSpec::build(&spec, &ctx).expect("draft builds");
+    assert_eq!(draft.max_context(), 64);
+    assert_eq!(draft.vocab_size(), 64);
+    let target = hlm_core::TargetModelSpec::build(&spec, &ctx).expect("target builds");
+    assert_eq!(target.vocab_size(), 64);
+}
+
+/// A GGUF whose embedded gpt2 tokenizer has control tokens, byte-level letters and a few
+/// merges: specials are matched whole, merges apply, and decoding restores the text.
+#[test]
+fn gguf_embedded_tokenizer_encodes_and_decodes() {
+    use gguf_writer::Value;
+    let dir = scratch("tokenizer");
+    let path = dir.join("tiny-llama.gguf");
+    gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
+    // Re-open the written model file and append tokenizer metadata by rebuilding it.
+    let mut tokens: Vec<String> = vec![
+        "<|endoftext|>".into(),
+        "<|im_start|>".into(),
+        "<|im_end|>".into(),
+    ];
+    tokens.extend(('a'..='z').map(String::from));
+    tokens.push("Ġ".into());
+    let merges = ["h e", "l l", "he ll", "hell o", "Ġ w"];
+    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+    let n_real = tokens.len();
+    tokens.extend((n_real..64).map(|i| format!("[PAD{i}]")));
+    let mut types = vec![1i32; 64];
+    types[..3].fill(3);
+    let id = |t: &str| tokens.iter().position(|x| x == t).expect("token") as TokenId;
+    let expected = vec![
+        id("<|im_start|>"),
+        id("hello"),
+        id("Ġw"),
+        id("o"),
+        id("r"),
+        id("l"),
+        id("d"),
+        id("<|im_end|>"),
+    ];
+    let tok_path = dir.join("with-tokenizer.gguf");
+    gguf_writer::write_tiny_llama_gguf_with(&fixture("tiny-llama"), &tok_path, |b| {
+        b.kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
+            .kv("tokenizer.ggml.pre", Value::Str("qwen2".into()))
+            .kv("tokenizer.ggml.tokens", Value::StrArray(tokens.clone()))
+            .kv("tokenizer.ggml.token_type", Value::I32Array(types.clone()))
+            .kv(
+                "tokenizer.ggml.merges",
+                Value::StrArray(merges.iter().map(|m| m.to_string()).collect()),
+            )
+            .kv("tokenizer.ggml.eos_token_id", Value::U32(2))
+            .kv("tokenizer.ggml.add_bos_token", Value::Bool(false));
+    });
+    let model = Transformer::load(&tok_path, &Device::flex()).expect("loads");
+    let tok = DraftModel::tokenizer(&model).expect("tokenizer from GGUF");
+    let text = "<|im_start|>hello world<|im_end|>";
+    let ids = tok.encode(text).expect("encode");
+    assert_eq!(ids, expected);
+    assert_eq!(tok.decode(&ids).expect("decode"), text);
+    assert_eq!(tok.eos_ids(), &[2]);
+    assert_eq!(tok.vocab_size(), 64);
+    let plain = Transformer::load(&path, &Device::flex()).expect("loads");
+    assert!(
+        DraftModel::tokenizer(&plain).is_none(),
+        "no tokenizer metadata"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn explicit_layer_indices_select_attention() {
+    let r = reference("tiny-qwen2");
+    let mut m = load("tiny-qwen2");
+    let sel = LayerSelection::Indices(vec![-1, 0]);
+    let step = DraftModel::forward(&mut m, &r.input_ids, Some(&sel)).expect("fwd");
+    let map = step.attention.expect("attention");
+    let layers: Vec<usize> = map.layers.iter().map(|l| l.layer).collect();
+    assert_eq!(layers, vec![0, 1]);
+    assert_rows_close(
+        &map.layers[1].heads,
+        &r.attentions_last_layer_newest,
+        TOLERANCE,
+        "attention of layer -1",
+    );
+    let bad = LayerSelection::Indices(vec![2]);
+    assert!(DraftModel::forward(&mut m, &[1], Some(&bad)).is_err());
+    assert_eq!(DraftModel::context_len(&m), r.input_ids.len());
+}
+
+/// The same reference on the wgpu backend. Needs a GPU (or software) adapter, so it only
+/// runs with `HLM_TEST_WGPU=1`.
+#[test]
+fn wgpu_matches_reference_when_enabled() {
+    if std::env::var("HLM_TEST_WGPU").as_deref() != Ok("1") {
+        eprintln!("skipped: set HLM_TEST_WGPU=1 to run on wgpu");
+        return;
+    }
+    let device = hlm_backends::parse_device("wgpu").expect("wgpu device");
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let r = reference(name);
+        let mut m = Transformer::load(&fixture(name), &device).expect("loads on wgpu");
+        let logits = m.forward_all(&r.input_ids).expect("prefill");
+        assert_rows_close(&logits, &r.logits, TOLERANCE, "wgpu prefill");
+        let decode = m.forward_all(&r.extra_ids[..1]).expect("decode");
+        assert_close(&decode[0], &r.decode_logits[0], TOLERANCE, "wgpu decode");
+    }
+}
