@@ -62,6 +62,15 @@ enum Command {
     Models(models::ModelsCommand),
 }
 
+/// Keep the typetag registrations of hlm's own plug-in crates (filters, energy, backends)
+/// linked in. `main` calls it; call it too when you parse configs in a program of your own.
+pub fn link_builtin_plugins() {
+    // Referencing the crates keeps the linker from dropping their registrations.
+    hlm_filters::link();
+    hlm_energy::link();
+    hlm_backends::link();
+}
+
 /// Parse the command line and run `hlm`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -71,11 +80,7 @@ pub fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    // Plug-in crates register their config types through typetag; referencing them keeps the
-    // linker from dropping the registrations.
-    hlm_filters::link();
-    hlm_energy::link();
-    hlm_backends::link();
+    link_builtin_plugins();
 
     let result = match cli.command {
         Command::Run(a) => run::run(a),

@@ -118,15 +118,7 @@ fn unknown_key_is_named() {
 #[test]
 fn impossible_values_name_key_and_rule() {
     let m = error_of(MINIMAL, &["generation.temperature=-1"]);
-    assert_contains(
-        &m,
-        &[
-            "bad.toml",
-            "--set generation.temperature=-1",
-            "generation.temperature",
-            ">= 0",
-        ],
-    );
+    assert_contains(&m, &["bad.toml", "generation.temperature", ">= 0"]);
     let m = error_of(MINIMAL, &["speculation.gamma=0"]);
     assert_contains(&m, &["speculation.gamma", "at least 1"]);
     let m = error_of(MINIMAL, &["generation.max_new_tokens=0"]);

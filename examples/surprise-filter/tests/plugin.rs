@@ -23,7 +23,7 @@ fn estimator_is_one_minus_draft_probability() {
 #[test]
 fn config_file_selects_the_plugin() {
     hlm_surprise_filter::link();
-    hlm_filters::link();
+    hlm_cli::link_builtin_plugins();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("surprise-hlm.toml");
     let cfg = PipelineConfig::load(&path, &[]).expect("the example config loads");
     let toml = cfg.to_toml().expect("serialises");
