@@ -33,12 +33,7 @@ impl LinkModel for FixedRateLink {
             Direction::Uplink => self.uplink_bps,
             Direction::Downlink => self.downlink_bps,
         };
-        Ok(Transfer {
-            airtime_s: bits as f64 / rate,
-            latency_s: self.latency_s,
-            rate_bps: rate,
-            outage: false,
-        })
+        Ok(Transfer::at_rate(bits, rate, self.latency_s))
     }
 
     fn validate(&self) -> Result<()> {

@@ -216,12 +216,7 @@ impl LinkModel for TraceLink {
         _rng: &mut dyn RngCore,
     ) -> Result<Transfer> {
         let rate = self.trace()?.rate_at(now_s, direction, self.repeat);
-        Ok(Transfer {
-            airtime_s: bits as f64 / rate,
-            latency_s: self.latency_s,
-            rate_bps: rate,
-            outage: false,
-        })
+        Ok(Transfer::at_rate(bits, rate, self.latency_s))
     }
 
     fn validate(&self) -> Result<()> {

@@ -26,6 +26,18 @@ pub struct Transfer {
     pub outage: bool,
 }
 
+impl Transfer {
+    /// A message of `bits` sent at a constant `rate_bps` without outage.
+    pub fn at_rate(bits: u64, rate_bps: f64, latency_s: f64) -> Self {
+        Transfer {
+            airtime_s: bits as f64 / rate_bps,
+            latency_s,
+            rate_bps,
+            outage: false,
+        }
+    }
+}
+
 /// Turns a payload size into airtime and latency.
 #[typetag::serde(tag = "type")]
 pub trait LinkModel: std::fmt::Debug + Send + Sync {
