@@ -15,47 +15,68 @@ pub struct LineFit {
     pub n: usize,
 }
 
-/// Ordinary least squares over (x, y) pairs; `None` with fewer than 2 points or constant x.
-pub fn fit_line(points: &[(f64, f64)]) -> Option<LineFit> {
-    let n = points.len();
-    if n < 2 {
+/// Means and centred sums of squares and products of (x, y) pairs (`None` below 2 points).
+struct Moments {
+    mx: f64,
+    my: f64,
+    sxx: f64,
+    syy: f64,
+    sxy: f64,
+}
+
+fn moments(points: &[(f64, f64)]) -> Option<Moments> {
+    if points.len() < 2 {
         return None;
     }
-    let nf = n as f64;
+    let nf = points.len() as f64;
     let mx = points.iter().map(|p| p.0).sum::<f64>() / nf;
     let my = points.iter().map(|p| p.1).sum::<f64>() / nf;
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let (mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0);
+    for &(x, y) in points {
+        sxx += (x - mx).powi(2);
+        syy += (y - my).powi(2);
+        sxy += (x - mx) * (y - my);
+    }
+    Some(Moments {
+        mx,
+        my,
+        sxx,
+        syy,
+        sxy,
+    })
+}
+
+/// Ordinary least squares over (x, y) pairs; `None` with fewer than 2 points or constant x.
+pub fn fit_line(points: &[(f64, f64)]) -> Option<LineFit> {
+    let Moments {
+        mx,
+        my,
+        sxx,
+        syy: ss_tot,
+        sxy,
+    } = moments(points)?;
     if sxx <= 0.0 {
         return None;
     }
     let a = sxy / sxx;
     let b = my - a * mx;
-    let ss_tot: f64 = points.iter().map(|p| (p.1 - my).powi(2)).sum();
     let ss_res: f64 = points.iter().map(|p| (p.1 - (a * p.0 + b)).powi(2)).sum();
     let r2 = if ss_tot > 0.0 {
         1.0 - ss_res / ss_tot
     } else {
         0.0
     };
-    Some(LineFit { a, b, r2, n })
+    Some(LineFit {
+        a,
+        b,
+        r2,
+        n: points.len(),
+    })
 }
 
 /// Pearson correlation; `None` when either side is constant or there are < 2 points.
 pub fn pearson(points: &[(f64, f64)]) -> Option<f64> {
-    let n = points.len();
-    if n < 2 {
-        return None;
-    }
-    let nf = n as f64;
-    let mx = points.iter().map(|p| p.0).sum::<f64>() / nf;
-    let my = points.iter().map(|p| p.1).sum::<f64>() / nf;
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for &(x, y) in points {
-        sxy += (x - mx) * (y - my);
-        sxx += (x - mx).powi(2);
-        syy += (y - my).powi(2);
-    }
+    let Moments { sxx, syy, sxy, .. } = moments(points)?;
     (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
 }
 

@@ -97,13 +97,7 @@ impl Storage {
 /// in the memory-mapped file and is borrowed by [`GgufFile::tensor_bytes`].
 pub struct GgufFile {
     path: PathBuf,
-    version: u32,
-    alignment: u64,
-    data_offset: u64,
-    metadata: Vec<(String, MetadataValue)>,
-    meta_index: HashMap<String, usize>,
-    tensors: Vec<TensorInfo>,
-    tensor_index: HashMap<String, usize>,
+    header: Header,
     storage: Storage,
 }
 
@@ -111,11 +105,11 @@ impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
-            .field("version", &self.version)
-            .field("alignment", &self.alignment)
-            .field("data_offset", &self.data_offset)
-            .field("n_metadata", &self.metadata.len())
-            .field("n_tensors", &self.tensors.len())
+            .field("version", &self.header.version)
+            .field("alignment", &self.header.alignment)
+            .field("data_offset", &self.header.data_offset)
+            .field("n_metadata", &self.header.metadata.len())
+            .field("n_tensors", &self.header.tensors.len())
             .field("file_size", &self.storage.bytes().len())
             .finish()
     }
@@ -152,13 +146,7 @@ impl GgufFile {
         let header = Header::parse(&path, storage.bytes())?;
         Ok(Self {
             path,
-            version: header.version,
-            alignment: header.alignment,
-            data_offset: header.data_offset,
-            metadata: header.metadata,
-            meta_index: header.meta_index,
-            tensors: header.tensors,
-            tensor_index: header.tensor_index,
+            header,
             storage,
         })
     }
@@ -169,17 +157,17 @@ impl GgufFile {
 
     /// GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
-        self.version
+        self.header.version
     }
 
     /// Data alignment (`general.alignment`, default 32).
     pub fn alignment(&self) -> u64 {
-        self.alignment
+        self.header.alignment
     }
 
     /// Absolute file offset of the tensor data section.
     pub fn data_offset(&self) -> u64 {
-        self.data_offset
+        self.header.data_offset
     }
 
     pub fn file_size(&self) -> u64 {
@@ -190,16 +178,19 @@ impl GgufFile {
 
     /// All metadata key/value pairs in file order.
     pub fn metadata(&self) -> impl ExactSizeIterator<Item = (&str, &MetadataValue)> {
-        self.metadata.iter().map(|(k, v)| (k.as_str(), v))
+        self.header.metadata.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// The raw value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&MetadataValue> {
-        self.meta_index.get(key).map(|&i| &self.metadata[i].1)
+        self.header
+            .meta_index
+            .get(key)
+            .map(|&i| &self.header.metadata[i].1)
     }
 
     pub fn has_key(&self, key: &str) -> bool {
-        self.meta_index.contains_key(key)
+        self.header.meta_index.contains_key(key)
     }
 
     fn require(&self, key: &str) -> Result<&MetadataValue, GgufError> {
@@ -362,22 +353,23 @@ impl GgufFile {
     // ----- tensors --------------------------------------------------------------------
 
     pub fn tensor_count(&self) -> usize {
-        self.tensors.len()
+        self.header.tensors.len()
     }
 
     /// All tensor infos in file order.
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = &TensorInfo> {
-        self.tensors.iter()
+        self.header.tensors.iter()
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.tensor_index.contains_key(name)
+        self.header.tensor_index.contains_key(name)
     }
 
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo, GgufError> {
-        self.tensor_index
+        self.header
+            .tensor_index
             .get(name)
-            .map(|&i| &self.tensors[i])
+            .map(|&i| &self.header.tensors[i])
             .ok_or_else(|| GgufError::TensorNotFound {
                 path: self.path.clone(),
                 tensor: name.to_owned(),
