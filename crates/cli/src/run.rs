@@ -18,7 +18,8 @@ Every option below that changes the pipeline is applied as a `--set` override, s
 messages name the key. Examples:
   hlm run -c configs/iu-hlm.toml -p 'def fibonacci(n):'
   hlm run -c configs/cu-hlm.toml -p 'Explain a hash map.' --set codec.theta=0.05 --json
-  hlm run -c configs/hlm.toml -p 'Hello' --device wgpu --show-decisions")]
+  hlm run -c configs/hlm.toml -p 'Hello' --device wgpu --show-decisions
+  hlm run -c configs/iu-hlm.toml -p 'def add(a, b):' --baseline configs/hlm.toml")]
 pub struct RunArgs {
     /// Pipeline config (TOML); see configs/ for one per method.
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -33,10 +34,15 @@ pub struct RunArgs {
     /// After the run, print one line per token: its id, its decision and its text.
     #[arg(long)]
     pub show_decisions: bool,
-    /// Also measure the CPU package energy of the run with Linux RAPL (reported next to the
-    /// modelled figures; a message says why when the counters are not readable).
+    /// Also measure the energy of the run: CPU packages with Linux RAPL, NVIDIA GPUs with NVML
+    /// (reported next to the modelled figures; a message says why a meter is not readable).
     #[arg(long)]
     pub measure_energy: bool,
+    /// Also run this baseline pipeline (usually configs/hlm.toml, standard HLM) on the same
+    /// prompt with the same generation options, and report the savings against it per
+    /// generated token (the papers' headline metric). Loads the baseline's models too.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
     /// Do not stream the generated text (only the summary).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -154,32 +160,40 @@ pub fn run(args: RunArgs) -> Result<()> {
             Err(err) => stream_error = Some(err),
         }
     };
-    let meter = args.measure_energy.then(hlm_energy::RaplMeter::open);
-    let window = match &meter {
-        Some(Ok(m)) => Some(m.start()),
-        _ => None,
+    let meters = args.measure_energy.then(hlm_energy::Meters::open_all);
+    let (report, measured) = match &meters {
+        Some(m) => {
+            let (r, readings) = m.measure(|| pipeline.generate(&prompt, &mut on_token));
+            (r?, readings)
+        }
+        None => (pipeline.generate(&prompt, &mut on_token)?, Vec::new()),
     };
-    let report = pipeline.generate(&prompt, &mut on_token)?;
-    let measured: Option<std::result::Result<hlm_energy::MeasuredEnergy, String>> =
-        match (&meter, window) {
-            (None, _) | (Some(Ok(_)), None) => None,
-            (Some(Err(e)), _) => Some(Err(e.to_string())),
-            (_, Some(Err(e))) => Some(Err(e.to_string())),
-            (_, Some(Ok(w))) => Some(w.finish().map_err(|e| e.to_string())),
-        };
-    let measured_json = measured.as_ref().map(|m| match m {
-        Ok(m) => serde_json::to_value(m).unwrap_or_default(),
-        Err(e) => serde_json::json!({ "method": "unavailable", "error": e }),
-    });
     if let Some(e) = stream_error {
         return Err(e.into());
     }
     let text = output::decode(tokenizer.as_deref(), &report.generated_ids)?;
     let method = method_name(&pipeline);
+    let baseline = match &args.baseline {
+        Some(path) => {
+            let stats = run_baseline(path, &args.overrides, &prompt, !args.json)?;
+            let savings = report.stats.savings_against(&stats.1);
+            Some((stats.0, stats.1, savings))
+        }
+        None => None,
+    };
     if args.json {
         let mut v = output::run_json(&pipeline.name, method, &report, &text, load_s)?;
-        if let (Some(m), Some(obj)) = (measured_json, v.as_object_mut()) {
-            obj.insert("measured_energy".into(), m);
+        if let Some(obj) = v.as_object_mut() {
+            if args.measure_energy {
+                obj.insert("measured_energy".into(), serde_json::to_value(&measured)?);
+            }
+            if let Some((name, stats, savings)) = &baseline {
+                obj.insert(
+                    "baseline".into(),
+                    serde_json::json!({ "pipeline": name, "stats": stats }),
+                );
+                obj.insert("savings".into(), serde_json::to_value(savings)?);
+            }
         }
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
@@ -195,16 +209,55 @@ pub fn run(args: RunArgs) -> Result<()> {
         pipeline.name,
         report.stats.summary()
     );
-    match measured {
-        Some(Ok(m)) => println!(
-            "measured   {:.3} J CPU package energy over {:.2} s ({}, {} zones)",
-            m.joules,
-            m.seconds,
-            m.method,
-            m.zones.len()
-        ),
-        Some(Err(e)) => println!("measured   unavailable: {e}"),
-        None => {}
+    if let Some((name, _, savings)) = &baseline {
+        print!("{}", savings.summary(name));
+    }
+    for r in &measured {
+        match &r.result {
+            Ok(m) => println!(
+                "measured   {}: {:.3} J over {:.2} s ({})",
+                r.meter,
+                m.joules,
+                m.seconds,
+                m.zones
+                    .iter()
+                    .map(|(z, j)| format!("{z} {j:.3} J"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => println!("measured   {}: unavailable: {e}", r.meter),
+        }
     }
     Ok(())
+}
+
+/// Run the baseline pipeline on the same prompt with the generation shortcuts of this run
+/// (tokens, temperature, seed, device; not `--set`, whose keys belong to the other config).
+fn run_baseline(
+    path: &std::path::Path,
+    overrides: &OverrideArgs,
+    prompt: &[u32],
+    show: bool,
+) -> Result<(String, hlm_core::RunStats)> {
+    let shortcuts = OverrideArgs {
+        set: Vec::new(),
+        ..overrides.clone()
+    };
+    let cfg = PipelineConfig::load(path, &shortcuts.to_overrides())?;
+    let ctx = shortcuts.build_context(&cfg);
+    let (mut pipeline, _) = build_pipeline(cfg, &ctx, show)
+        .with_context(|| format!("cannot build the baseline pipeline of {}", path.display()))?;
+    let spinner = show.then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message(format!("running the baseline {}…", pipeline.name));
+        s.enable_steady_tick(Duration::from_millis(120));
+        s
+    });
+    let report = pipeline
+        .generate(prompt, &mut |_| {})
+        .with_context(|| format!("baseline run of {} failed", path.display()))?;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    Ok((pipeline.name.clone(), report.stats))
 }

@@ -247,13 +247,158 @@ fn measured_energy_is_reported_or_explained() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), "type = \"always\"", "type = \"dense\"");
     let v = run_json(&cfg, &["--measure-energy", "-n", "3"]);
-    let m = &v["measured_energy"];
-    match m["method"].as_str() {
-        Some("rapl") => assert!(m["joules"].as_f64().is_some_and(|j| j >= 0.0), "{m}"),
-        Some("unavailable") => {
-            let e = m["error"].as_str().expect("a reason");
-            assert!(e.contains("RAPL"), "{e}");
+    let readings = v["measured_energy"]
+        .as_array()
+        .expect("one reading per meter");
+    let meters: Vec<&str> = readings
+        .iter()
+        .filter_map(|r| r["meter"].as_str())
+        .collect();
+    assert_eq!(meters, ["rapl", "nvml"], "{v}");
+    for m in readings {
+        match m["method"].as_str() {
+            Some("rapl") | Some("nvml") => {
+                assert!(m["joules"].as_f64().is_some_and(|j| j >= 0.0), "{m}")
+            }
+            Some("unavailable") => {
+                let e = m["error"].as_str().expect("a reason");
+                assert!(
+                    e.contains("RAPL") || e.contains("NVIDIA") || e.contains("NVML"),
+                    "{e}"
+                );
+            }
+            other => panic!("unexpected measured_energy {other:?}: {m}"),
         }
-        other => panic!("unexpected measured_energy {other:?}: {m}"),
     }
+    // Without the flag nothing is measured.
+    let v = run_json(&cfg, &["-n", "3"]);
+    assert!(v.get("measured_energy").is_none(), "{v}");
+}
+
+#[test]
+fn savings_against_a_baseline_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base_dir = dir.path().join("base");
+    std::fs::create_dir(&base_dir).expect("mkdir");
+    let base = write_config(&base_dir, "type = \"always\"", "type = \"dense\"\nbits = 8");
+    let cfg = write_config(
+        dir.path(),
+        "type = \"random\"\nskip_rate = 0.5",
+        "type = \"top_k\"\nk = 8",
+    );
+    let base_cfg = base.to_string_lossy().into_owned();
+    let v = run_json(&cfg, &["--baseline", &base_cfg]);
+    // The baseline is the same run as running its config on its own (same prompt and seed).
+    let alone = run_json(&base, &[]);
+    let b = &v["baseline"]["stats"];
+    for k in [
+        "uplink_bits",
+        "uploads",
+        "generated_tokens",
+        "downlink_bits",
+    ] {
+        assert_eq!(b[k], alone[k], "{k}");
+    }
+    let f = |x: &Value, k: &str| x[k].as_f64().unwrap_or_else(|| panic!("{k} in {x}"));
+    let per_token = |x: &Value, k: &str| f(x, k) / f(x, "generated_tokens");
+    let s = &v["savings"];
+    let expect = 1.0 - per_token(&v, "uplink_bits") / per_token(b, "uplink_bits");
+    assert!((f(s, "uplink_bits") - expect).abs() < 1e-9, "{s}");
+    assert!(f(s, "uplink_bits") > 0.5, "top-8 of half the tokens: {s}");
+    let expect = 1.0 - f(&v, "energy_per_token_j") / f(b, "energy_per_token_j");
+    assert!((f(s, "energy") - expect).abs() < 1e-9, "{s}");
+    // Uplink energy is P_tx x airtime on the same link, so its saving is the bits' saving.
+    assert!(
+        (f(&s["energy_by_component"], "uplink") - f(s, "uplink_bits")).abs() < 1e-9,
+        "{s}"
+    );
+    // The readable summary says it too.
+    let o = hlm(&[
+        "run",
+        "-c",
+        &cfg.to_string_lossy(),
+        "--prompt-ids",
+        "1,5",
+        "-n",
+        "4",
+        "--baseline",
+        &base_cfg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("savings    vs tiny: energy"),
+        "{}",
+        stdout(&o)
+    );
+    // A missing baseline config is named.
+    let o = hlm(&[
+        "run",
+        "-c",
+        &cfg.to_string_lossy(),
+        "--prompt-ids",
+        "1",
+        "--baseline",
+        "/nonexistent/hlm.toml",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/hlm.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The shipped link and device profiles change the modelled costs exactly as the formulas say.
+#[test]
+fn switching_profiles_changes_costs_as_the_formulas_say() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/profiles");
+    let base = write_config(
+        dir.path(),
+        "type = \"always\"",
+        "type = \"dense\"\nbits = 8",
+    );
+    let text = std::fs::read_to_string(&base).expect("read");
+    // Drop the config's own [link] and [energy] tables: the profiles provide them.
+    let own = text.split("[link]").next().expect("head").to_string();
+    let with = |link: &str, device: &str| {
+        let p = dir.path().join(format!("{link}-{device}.toml"));
+        let include = format!(
+            "include = [{:?}, {:?}]\n",
+            profiles.join(format!("links/{link}.toml")),
+            profiles.join(format!("devices/{device}.toml"))
+        );
+        std::fs::write(&p, include + &own).expect("write");
+        run_json(&p, &[])
+    };
+    let f = |x: &Value, a: &str, b: &str| x[a][b].as_f64().unwrap_or_else(|| panic!("{a}.{b}"));
+    let u = |x: &Value, k: &str| x[k].as_u64().unwrap_or_else(|| panic!("{k}")) as f64;
+    // fixed-5mbps: 5 Mbit/s up, 20 Mbit/s down, 10 ms per message; phone: 0.2 W tx, 0.1 W rx,
+    // 5 W device; laptop-gpu: 0.1 W tx, 0.1 W rx, 35 W device.
+    for (device, tx, rx, device_w) in [("phone", 0.2, 0.1, 5.0), ("laptop-gpu", 0.1, 0.1, 35.0)] {
+        let v = with("fixed-5mbps", device);
+        let up_air = u(&v, "uplink_bits") / 5e6;
+        let down_air = u(&v, "downlink_bits") / 20e6;
+        assert!(
+            (f(&v, "energy_j", "uplink") - tx * up_air).abs() < 1e-12,
+            "{device}: {v}"
+        );
+        assert!(
+            (f(&v, "energy_j", "downlink") - rx * down_air).abs() < 1e-12,
+            "{device}"
+        );
+        // Link time = airtime + 10 ms per message; messages: the session start plus one per
+        // verification round each way.
+        let up_msgs = ((f(&v, "time_s", "uplink") - up_air) / 0.01).round();
+        assert_eq!(up_msgs, u(&v, "verify_calls") + 1.0, "{v}");
+        // Device energy = its power x its measured compute time.
+        let ratio = f(&v, "energy_j", "device") / f(&v, "time_s", "device");
+        assert!((ratio - device_w).abs() < 1e-9, "{device}: {ratio}");
+    }
+    // Same seed, same tokens: a 5G link changes airtime but not the bits sent.
+    let a = with("fixed-5mbps", "phone");
+    let b = with("5g", "phone");
+    assert_eq!(a["generated_ids"], b["generated_ids"]);
+    assert_eq!(a["uplink_bits"], b["uplink_bits"]);
+    assert_ne!(f(&a, "time_s", "uplink"), f(&b, "time_s", "uplink"));
 }

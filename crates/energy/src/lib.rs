@@ -24,7 +24,8 @@
 //!   with T measured, per token, or FLOPs / FLOP rate; uplink E = P_tx × airtime; downlink
 //!   E = P_rx × airtime; link time = airtime + latency.
 //!
-//! Measured ([`measured`]): CPU package energy from Linux RAPL over a window around the work
+//! Measured ([`measured`]): CPU package energy from Linux RAPL and NVIDIA GPU energy from NVML
+//! (cargo feature `nvml`, library loaded at run time) over a window around the work
 //! (`hlm run --measure-energy`), reported next to the analytic figures.
 
 pub mod analytic;
@@ -36,7 +37,10 @@ pub mod units;
 
 pub use analytic::{AnalyticEnergy, ComputeSide, ComputeTime};
 pub use fixed::FixedRateLink;
-pub use measured::{EnergyWindow, MeasuredEnergy, MeterError, RaplMeter, counter_delta_uj};
+pub use measured::{
+    EnergyCounters, EnergyWindow, MeasuredEnergy, MeterError, MeterReading, Meters, NvmlMeter,
+    RaplMeter, Zone, counter_delta_uj,
+};
 pub use shannon::{Fading, ShannonLink};
 pub use trace::{Trace, TraceLink};
 pub use units::{db_to_linear, dbm_to_watts, linear_to_db};

@@ -53,7 +53,7 @@ pub use model::{
     BuildContext, DraftModel, DraftModelSpec, DraftStep, TargetModel, TargetModelSpec,
 };
 pub use speculative::{AcceptanceRule, GreedyMatch, Judgement, SpeculativeSampling};
-pub use stats::{RunStats, TokenEvent, TokenKind};
+pub use stats::{RunStats, Savings, TokenEvent, TokenKind};
 pub use tokenizer::{StreamDecoder, TextTokenizer};
 pub use types::{AttentionMap, LayerAttention, LayerSelection, TokenId};
 pub use verify::{

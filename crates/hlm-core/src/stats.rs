@@ -135,6 +135,50 @@ impl RunStats {
         self.tokens_per_s = ratio(n, wall_s);
     }
 
+    /// How this run compares with `baseline` (standard HLM on the same prompt and seed).
+    pub fn savings_against(&self, baseline: &RunStats) -> Savings {
+        // Savings are per generated token, so runs that stop at different lengths (an early
+        // end-of-sequence) still compare fairly.
+        let saving = |x: f64, base: f64| if base > 0.0 { 1.0 - x / base } else { 0.0 };
+        let per_token = |s: &RunStats, x: f64| {
+            if s.generated_tokens > 0 {
+                x / s.generated_tokens as f64
+            } else {
+                0.0
+            }
+        };
+        let component = |f: fn(&Components) -> f64| {
+            saving(
+                per_token(self, f(&self.energy_j)),
+                per_token(baseline, f(&baseline.energy_j)),
+            )
+        };
+        Savings {
+            energy: saving(self.energy_per_token_j, baseline.energy_per_token_j),
+            energy_by_component: Components {
+                device: component(|c| c.device),
+                uplink: component(|c| c.uplink),
+                server: component(|c| c.server),
+                downlink: component(|c| c.downlink),
+            },
+            uplink_bits: saving(
+                per_token(self, self.uplink_bits as f64),
+                per_token(baseline, baseline.uplink_bits as f64),
+            ),
+            uploads: saving(
+                per_token(self, self.uploads as f64),
+                per_token(baseline, baseline.uploads as f64),
+            ),
+            modelled_time: saving(
+                per_token(self, self.time_s.total()),
+                per_token(baseline, baseline.time_s.total()),
+            ),
+            baseline_energy_per_token_j: baseline.energy_per_token_j,
+            baseline_modelled_tokens_per_s: baseline.modelled_tokens_per_s,
+            baseline_upload_rate: baseline.upload_rate,
+        }
+    }
+
     /// A readable multi-line summary.
     pub fn summary(&self) -> String {
         let mut s = String::new();
@@ -176,5 +220,110 @@ impl RunStats {
             self.energy_per_token_j, self.modelled_tokens_per_s, self.tokens_per_s, self.wall_s
         );
         s
+    }
+}
+
+/// Savings of a run against a baseline run, per generated token: 1 − x / x_baseline (0.407
+/// means 40.7 % less; negative means more). The paper's headline metric is [`Savings::energy`]
+/// against standard HLM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Savings {
+    /// Total modelled energy.
+    pub energy: f64,
+    /// Modelled energy of each component (0 where the baseline spent none).
+    pub energy_by_component: Components,
+    /// Uplink bits.
+    pub uplink_bits: f64,
+    /// Uploaded tokens.
+    pub uploads: f64,
+    /// Modelled time (all components).
+    pub modelled_time: f64,
+    /// The baseline's modelled energy per generated token (J).
+    pub baseline_energy_per_token_j: f64,
+    /// The baseline's generated tokens per modelled second.
+    pub baseline_modelled_tokens_per_s: f64,
+    /// The baseline's share of drafted tokens uploaded.
+    pub baseline_upload_rate: f64,
+}
+
+impl Savings {
+    /// Two readable lines.
+    pub fn summary(&self, baseline: &str) -> String {
+        let pct = |x: f64| format!("{:+.1}%", 100.0 * x);
+        let c = &self.energy_by_component;
+        format!(
+            "savings    vs {baseline}: energy {}  (device {}  uplink {}  server {}  downlink {})\n\
+             \x20          uplink bits {}  uploads {}  modelled time {}  (baseline {:.4} J/token)\n",
+            pct(self.energy),
+            pct(c.device),
+            pct(c.uplink),
+            pct(c.server),
+            pct(c.downlink),
+            pct(self.uplink_bits),
+            pct(self.uploads),
+            pct(self.modelled_time),
+            self.baseline_energy_per_token_j,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        tokens: usize,
+        energy: Components,
+        time: f64,
+        uplink_bits: u64,
+        uploads: u64,
+    ) -> RunStats {
+        let mut s = RunStats {
+            generated_tokens: tokens,
+            drafted: tokens as u64,
+            uploads,
+            uplink_bits,
+            energy_j: energy,
+            time_s: Components {
+                device: time,
+                ..Components::default()
+            },
+            ..RunStats::default()
+        };
+        s.finish(0, 1.0);
+        s
+    }
+
+    #[test]
+    fn savings_are_per_generated_token() {
+        let e = |d, u, s, l| Components {
+            device: d,
+            uplink: u,
+            server: s,
+            downlink: l,
+        };
+        // Baseline: 10 tokens, 10 J (1 J/token), every token uploaded.
+        let base = run(10, e(2.0, 4.0, 3.0, 1.0), 5.0, 10_000, 10);
+        // Method: 8 tokens (stopped early), 4.8 J = 0.6 J/token; half the tokens uploaded.
+        let m = run(8, e(1.6, 1.6, 1.6, 0.0), 2.0, 4_000, 4);
+        let s = m.savings_against(&base);
+        assert!((s.energy - 0.4).abs() < 1e-12, "{s:?}");
+        // device 0.2 vs 0.2 J/token: 0; uplink 0.2 vs 0.4: 50 %; server 0.2 vs 0.3: 1/3.
+        assert!(s.energy_by_component.device.abs() < 1e-12);
+        assert!((s.energy_by_component.uplink - 0.5).abs() < 1e-12);
+        assert!((s.energy_by_component.server - 1.0 / 3.0).abs() < 1e-12);
+        assert!((s.energy_by_component.downlink - 1.0).abs() < 1e-12);
+        assert!((s.uplink_bits - 0.5).abs() < 1e-12);
+        assert!((s.uploads - 0.5).abs() < 1e-12);
+        assert!((s.modelled_time - 0.5).abs() < 1e-12);
+        assert_eq!(s.baseline_upload_rate, 1.0);
+        // Against itself nothing is saved; a method that costs more saves a negative amount.
+        assert_eq!(base.savings_against(&base).energy, 0.0);
+        assert!((base.savings_against(&m).energy - (1.0 - 1.0 / 0.6)).abs() < 1e-12);
+        let text = s.summary("hlm");
+        assert!(text.contains("vs hlm: energy +40.0%"), "{text}");
+        // A baseline that spent nothing gives 0 rather than a division by zero.
+        let empty = RunStats::default();
+        assert_eq!(m.savings_against(&empty).energy, 0.0);
     }
 }

@@ -1,89 +1,20 @@
-//! Measured energy: CPU package energy from Linux RAPL through the powercap interface.
+//! CPU package energy from Linux RAPL through the powercap interface.
 //!
-//! The analytic model says what a run *would* cost on the modelled hardware; this meter says
-//! what it *did* cost on the machine it ran on, over a window around the work. Only the
-//! top-level zones (`intel-rapl:N`, one per package; AMD exposes the same names) are summed,
-//! since sub-zones (cores, uncore, dram) are parts of them.
-//!
-//! ```no_run
-//! let meter = hlm_energy::RaplMeter::open()?;
-//! let window = meter.start()?;
-//! // ... the work ...
-//! let measured = window.finish()?;
-//! println!("{:.2} J ({})", measured.joules, measured.method);
-//! # Ok::<(), hlm_energy::MeterError>(())
-//! ```
+//! Only the top-level zones (`intel-rapl:N`, one per package; AMD exposes the same names) are
+//! summed, since sub-zones (cores, uncore, dram) are parts of them.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use serde::Serialize;
+use super::{EnergyCounters, MeterError, Zone};
 
 /// Where Linux exposes RAPL.
 pub const POWERCAP_ROOT: &str = "/sys/class/powercap";
-
-/// Why energy could not be measured.
-#[derive(Debug, thiserror::Error)]
-pub enum MeterError {
-    #[error(
-        "no RAPL energy counters under {0} (not Linux, no intel_rapl/amd powercap driver, or a VM that hides them)"
-    )]
-    NoCounters(PathBuf),
-    #[error(
-        "cannot read RAPL counter {path}: {source}; since Linux 5.10 energy_uj is readable by root only \
-         (run as root, or `sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj`)"
-    )]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("RAPL counter {path} holds {content:?}, not a number of microjoules")]
-    Malformed { path: PathBuf, content: String },
-}
-
-/// One package zone.
-#[derive(Debug, Clone)]
-struct Zone {
-    name: String,
-    energy_uj: PathBuf,
-    max_range_uj: u64,
-}
 
 /// The RAPL package counters of this machine.
 #[derive(Debug, Clone)]
 pub struct RaplMeter {
     zones: Vec<Zone>,
-}
-
-/// Energy measured over a window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct MeasuredEnergy {
-    /// How it was measured (`"rapl"`).
-    pub method: &'static str,
-    /// Total joules over all zones.
-    pub joules: f64,
-    /// Joules per zone, by zone name (e.g. `package-0`).
-    pub zones: Vec<(String, f64)>,
-    /// Length of the window.
-    pub seconds: f64,
-}
-
-/// An open measurement window.
-#[derive(Debug)]
-pub struct EnergyWindow<'a> {
-    meter: &'a RaplMeter,
-    start: Vec<u64>,
-    t0: Instant,
-}
-
-/// Microjoules between two readings of a counter that wraps to 0 after `max_range_uj`.
-pub fn counter_delta_uj(before: u64, after: u64, max_range_uj: u64) -> u64 {
-    if after >= before {
-        after - before
-    } else {
-        // One wrap-around: from `before` up to the range limit, then from 0 to `after`.
-        max_range_uj.saturating_sub(before) + after
-    }
+    files: Vec<PathBuf>,
 }
 
 fn read_u64(path: &Path) -> Result<u64, MeterError> {
@@ -107,7 +38,7 @@ impl RaplMeter {
     pub fn open_at(root: &Path) -> Result<Self, MeterError> {
         let entries =
             std::fs::read_dir(root).map_err(|_| MeterError::NoCounters(root.to_path_buf()))?;
-        let mut zones = Vec::new();
+        let mut found = Vec::new();
         for e in entries.flatten() {
             let dir_name = e.file_name().to_string_lossy().into_owned();
             // Top-level zones only: `intel-rapl:0`, not `intel-rapl:0:1`.
@@ -124,62 +55,35 @@ impl RaplMeter {
             let max_range_uj = read_u64(&dir.join("max_energy_range_uj"))?;
             let energy_uj = dir.join("energy_uj");
             read_u64(&energy_uj)?;
-            zones.push(Zone {
-                name,
-                energy_uj,
-                max_range_uj,
-            });
+            found.push((Zone { name, max_range_uj }, energy_uj));
         }
-        if zones.is_empty() {
+        if found.is_empty() {
             return Err(MeterError::NoCounters(root.to_path_buf()));
         }
-        zones.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(RaplMeter { zones })
-    }
-
-    fn read(&self) -> Result<Vec<u64>, MeterError> {
-        self.zones.iter().map(|z| read_u64(&z.energy_uj)).collect()
-    }
-
-    /// Start a window now.
-    pub fn start(&self) -> Result<EnergyWindow<'_>, MeterError> {
-        Ok(EnergyWindow {
-            meter: self,
-            start: self.read()?,
-            t0: Instant::now(),
-        })
+        found.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let (zones, files) = found.into_iter().unzip();
+        Ok(RaplMeter { zones, files })
     }
 }
 
-impl EnergyWindow<'_> {
-    /// Close the window. Correct if each counter wrapped at most once (a package at 200 W
-    /// takes about 20 minutes to wrap a 2^38 µJ range).
-    pub fn finish(self) -> Result<MeasuredEnergy, MeterError> {
-        let end = self.meter.read()?;
-        let zones: Vec<(String, f64)> = self
-            .meter
-            .zones
-            .iter()
-            .zip(self.start.iter().zip(&end))
-            .map(|(z, (&a, &b))| {
-                (
-                    z.name.clone(),
-                    counter_delta_uj(a, b, z.max_range_uj) as f64 * 1e-6,
-                )
-            })
-            .collect();
-        Ok(MeasuredEnergy {
-            method: "rapl",
-            joules: zones.iter().map(|(_, j)| j).sum(),
-            zones,
-            seconds: self.t0.elapsed().as_secs_f64(),
-        })
+impl EnergyCounters for RaplMeter {
+    fn method(&self) -> &'static str {
+        "rapl"
+    }
+
+    fn zones(&self) -> &[Zone] {
+        &self.zones
+    }
+
+    fn read_uj(&self) -> Result<Vec<u64>, MeterError> {
+        self.files.iter().map(|f| read_u64(f)).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measured::EnergyWindow;
 
     fn fake_tree(zones: &[(&str, &str, u64, u64)]) -> PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -200,13 +104,6 @@ mod tests {
     }
 
     #[test]
-    fn delta_handles_wrap_around() {
-        assert_eq!(counter_delta_uj(100, 350, 1000), 250);
-        assert_eq!(counter_delta_uj(900, 50, 1000), 150);
-        assert_eq!(counter_delta_uj(7, 7, 1000), 0);
-    }
-
-    #[test]
     fn window_sums_top_level_packages_across_a_wrap() {
         let root = fake_tree(&[
             ("intel-rapl:0", "package-0", 999_000_000, 1_000_000_000),
@@ -214,7 +111,7 @@ mod tests {
             ("intel-rapl:0:0", "core", 1, 1_000_000_000),
         ]);
         let meter = RaplMeter::open_at(&root).unwrap();
-        let w = meter.start().unwrap();
+        let w = EnergyWindow::start(&meter).unwrap();
         // package-0 wraps: 999 J -> 1000 J (range) -> 2 J, i.e. 3 J; package-1 uses 1.5 J.
         std::fs::write(root.join("intel-rapl:0/energy_uj"), "2000000\n").unwrap();
         std::fs::write(root.join("intel-rapl:1/energy_uj"), "6500000\n").unwrap();
