@@ -173,7 +173,8 @@ pub enum RuleChoice {
 }
 
 impl RuleChoice {
-    fn build(self) -> Box<dyn AcceptanceRule> {
+    /// The rule itself.
+    pub fn build(self) -> Box<dyn AcceptanceRule> {
         match self {
             RuleChoice::Speculative => Box::new(SpeculativeSampling {}),
             RuleChoice::Greedy => Box::new(GreedyMatch {}),

@@ -344,6 +344,7 @@ fn spec_builds_from_config() {
     let ctx = hlm_core::BuildContext {
         device: "wgpu".into(),
         models_dir: None,
+        link_toml: None,
     };
     let draft = hlm_core::DraftModelSpec::build(&spec, &ctx).expect("draft builds");
     assert_eq!(draft.max_context(), 64);

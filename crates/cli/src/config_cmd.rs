@@ -25,12 +25,33 @@ pub enum ConfigCommand {
     },
 }
 
+/// A server config (`hlm serve`) has a top-level `[model]` and no pipeline parts.
+fn is_server_config(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    table.contains_key("model") && !table.contains_key("draft") && !table.contains_key("verifier")
+}
+
 /// Run a `hlm config` subcommand.
 pub fn config(cmd: ConfigCommand) -> Result<()> {
     match cmd {
         ConfigCommand::Check { files, set } => {
             let mut failed = 0;
             for f in &files {
+                if is_server_config(f) {
+                    match hlm_net::ServerConfig::load(f) {
+                        Ok(_) => println!("ok     {}  (server)", f.display()),
+                        Err(e) => {
+                            failed += 1;
+                            println!("error  {e}");
+                        }
+                    }
+                    continue;
+                }
                 match PipelineConfig::load(f, &set) {
                     Ok(cfg) => println!(
                         "ok     {}  ({})",

@@ -23,6 +23,7 @@ mod output;
 mod prompt;
 mod prompts;
 mod run;
+mod serve;
 
 /// Hybrid language model inference: draft on the device, verify on the server, upload only
 /// the tokens that matter.
@@ -43,6 +44,8 @@ Examples:
   hlm run --config configs/u-hlm.toml --set upload.uncertainty.threshold.max_risk=0.1 --json
   hlm generate --model qwen2.5-coder-0.5b-instruct --prompt 'def quicksort(xs):' --max-new-tokens 40
   hlm calibrate --config configs/u-hlm.toml --prompts prompts/general.jsonl --write u-hlm-cal.toml
+  hlm serve --config configs/server.toml --listen 0.0.0.0:7070
+  hlm run --config configs/remote-iu-hlm.toml --prompt 'def add(a, b):' --set verifier.address=HOST:7070
   hlm config check configs/*.toml
   hlm models list";
 
@@ -54,6 +57,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Fit the uncertainty/rejection line of a pipeline and derive its thresholds.
     Calibrate(calibrate::CalibrateArgs),
+    /// Serve the target model to devices over the network (the split's server side).
+    Serve(serve::ServeArgs),
     /// Check or print pipeline configs.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -69,6 +74,7 @@ pub fn link_builtin_plugins() {
     hlm_filters::link();
     hlm_energy::link();
     hlm_backends::link();
+    hlm_net::link();
 }
 
 /// Parse the command line and run `hlm`.
@@ -86,6 +92,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Generate(a) => generate::generate(a),
         Command::Calibrate(a) => calibrate::calibrate(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Config(c) => config_cmd::config(c),
         Command::Models(c) => models::models(c),
     };

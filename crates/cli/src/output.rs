@@ -47,6 +47,7 @@ pub fn decision_table(
             TokenKind::Resampled => "resampled",
             TokenKind::Bonus => "bonus",
             TokenKind::Target => "target",
+            TokenKind::Unverified => "unverified",
         };
         s += &format!("{i:>3} {id:>7}  {kind:<9}  {piece:?}\n");
     }

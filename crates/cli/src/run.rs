@@ -101,6 +101,7 @@ impl OverrideArgs {
                     .clone()
                     .unwrap_or_else(hlm_core::registry::models_dir),
             ),
+            link_toml: None,
         }
     }
 }

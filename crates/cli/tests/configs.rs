@@ -9,6 +9,7 @@ fn link() {
     hlm_filters::link();
     hlm_energy::link();
     hlm_backends::link();
+    hlm_net::link();
 }
 
 fn configs_dir() -> PathBuf {
@@ -20,9 +21,33 @@ fn shipped() -> Vec<PathBuf> {
         .expect("configs/ exists")
         .map(|e| e.expect("readable entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| !p.ends_with("server.toml"))
         .collect();
     v.sort();
     v
+}
+
+#[test]
+fn the_server_config_parses_and_bad_limits_are_named() {
+    link();
+    hlm_net::link();
+    let cfg = hlm_net::ServerConfig::load(&configs_dir().join("server.toml"))
+        .expect("configs/server.toml loads");
+    assert_eq!(cfg.limits.max_sessions, 64);
+    let e = hlm_net::ServerConfig::parse(
+        "[model]\ntype = \"transformer\"\nmodel = \"x\"\n[limits]\nmax_sessions = 0\n",
+        "s.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("s.toml") && e.contains("max_sessions"), "{e}");
+    let e = hlm_net::ServerConfig::parse(
+        "[model]\ntype = \"transformer\"\nmodel = \"x\"\n[limits]\nmax_sesions = 3\n",
+        "s.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("max_sesions"), "{e}");
 }
 
 #[test]

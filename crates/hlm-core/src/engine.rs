@@ -100,6 +100,13 @@ impl Pipeline {
     /// Build every component of a configuration.
     pub fn from_config(cfg: PipelineConfig, ctx: &BuildContext) -> Result<Self> {
         cfg.validate()?;
+        let mut ctx = ctx.clone();
+        if let Some(link) = &cfg.link {
+            ctx.link_toml = Some(toml::to_string(link).map_err(|e| {
+                HlmError::invalid("link", "?", format!("cannot serialise the link model: {e}"))
+            })?);
+        }
+        let ctx = &ctx;
         let draft = match &cfg.draft {
             Some(spec) => Some(spec.build(ctx)?),
             None => None,
@@ -132,7 +139,7 @@ impl Pipeline {
     /// The draft and target must share the vocabulary (and the tokenizer, when both know one).
     pub fn check_compatible(&self) -> Result<()> {
         if let (Some(d), Some(v)) = (&self.draft, &self.verifier) {
-            if d.vocab_size() != v.vocab_size() {
+            if v.vocab_size() != 0 && d.vocab_size() != v.vocab_size() {
                 return Err(HlmError::Incompatible(format!(
                     "the draft model has a vocabulary of {} entries, the verifier {}",
                     d.vocab_size(),
@@ -333,6 +340,8 @@ impl<'p, 'c> Run<'p, 'c> {
         let params = SessionParams {
             temperature: self.p.generation.temperature,
             seed: self.p.generation.seed,
+            draft_vocab_size: self.p.draft.as_ref().map_or(0, |d| d.vocab_size()),
+            tokenizer_fingerprint: self.p.tokenizer.as_ref().map(|t| t.fingerprint()),
         };
         let prompt = self.prompt.clone();
         let mut next_logits = None;
@@ -589,10 +598,15 @@ impl<'p, 'c> Run<'p, 'c> {
                 .collect(),
             bonus: self.p.speculation.bonus_token && room && !last_is_eos,
         };
+        let base = self.prompt.len() + self.committed.len();
+        let (verdicts, target_probs) = match self.round_trip(&req, context_bits) {
+            Err(HlmError::VerifierUnavailable(why)) => {
+                return self.keep_unverified(req.context, round, logits_after_round, &why);
+            }
+            other => other?,
+        };
         self.stats.draft_n += round.iter().filter(|p| p.payload.is_some()).count() as u64;
         self.stats.uploads += round.iter().filter(|p| p.payload.is_some()).count() as u64;
-        let base = self.prompt.len() + self.committed.len();
-        let (verdicts, target_probs) = self.round_trip(&req, context_bits)?;
         let mut stood = 0usize;
         let mut correction = None;
         let mut uploaded_k = 0usize;
@@ -665,6 +679,36 @@ impl<'p, 'c> Run<'p, 'c> {
             ..Default::default()
         })?;
         Ok(step.logits)
+    }
+
+    /// The verifier could not be reached: keep the round's drafts as they are (the device
+    /// goes on alone) and queue them, after the context that was not delivered either, for the
+    /// verifier to receive as context once it is back. Nothing is lost or repeated: the draft
+    /// model already holds these tokens.
+    fn keep_unverified(
+        &mut self,
+        undelivered_context: Vec<TokenId>,
+        round: Vec<Pending>,
+        logits_after_round: Vec<f32>,
+        why: &str,
+    ) -> Result<Vec<f32>> {
+        tracing::warn!(
+            "verifier unavailable, keeping {} drafts unverified: {why}",
+            round.len()
+        );
+        self.stats.verifier_faults += 1;
+        // The undelivered context goes back first, in order; tokens the server produced itself
+        // must now be told to it as well.
+        let mut unsent: Vec<(TokenId, bool)> =
+            undelivered_context.into_iter().map(|t| (t, true)).collect();
+        unsent.append(&mut self.unsent);
+        self.unsent = unsent;
+        for p in round {
+            self.stats.unverified += 1;
+            self.unsent.push((p.token, true));
+            self.commit(p.token, TokenKind::Unverified);
+        }
+        Ok(logits_after_round)
     }
 
     fn finish(mut self) -> RunReport {

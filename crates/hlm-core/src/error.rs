@@ -31,6 +31,10 @@ pub enum HlmError {
     /// The verifier failed (local model, remote server, ...).
     #[error("verifier error: {0}")]
     Verifier(String),
+    /// The verifier cannot be reached right now (server down, connection lost, timeout). The
+    /// engine keeps generating with the draft model alone and marks those tokens unverified.
+    #[error("verifier unavailable: {0}")]
+    VerifierUnavailable(String),
     /// A length or position outside the model's state.
     #[error("cannot roll back to length {requested}: the state holds only {available} tokens")]
     Rollback { requested: usize, available: usize },

@@ -59,6 +59,14 @@ pub trait TargetModel: Send {
     fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>>;
     /// A short human-readable description.
     fn describe(&self) -> String;
+    /// A new model on the same weights with an empty KV state, for a server that keeps one
+    /// state per session without a copy of the weights per session.
+    fn fork(&self) -> Result<Box<dyn TargetModel>> {
+        Err(crate::HlmError::Model(format!(
+            "{} cannot share its weights between sessions",
+            self.describe()
+        )))
+    }
 }
 
 /// Where components are built: the device string of the pipeline and the models folder.
@@ -68,6 +76,9 @@ pub struct BuildContext {
     pub device: String,
     /// Folder of fetched models (`HLM_MODELS`), if known.
     pub models_dir: Option<std::path::PathBuf>,
+    /// The pipeline's `[link]` table as TOML (set by [`crate::Pipeline::from_config`]), for
+    /// components that emulate the link on a real network.
+    pub link_toml: Option<String>,
 }
 
 /// Config-selected recipe for a draft model (`[draft]` table, `type = ...`).

@@ -11,6 +11,11 @@ pub struct SessionParams {
     pub temperature: f32,
     /// Seed of the verifier's random stream (acceptance draws and resampling).
     pub seed: u64,
+    /// Vocabulary size of the device's draft model (0 when there is none), so a verifier that
+    /// could not be checked at build time (a remote one) can refuse a mismatch.
+    pub draft_vocab_size: usize,
+    /// [`crate::TextTokenizer::fingerprint`] of the device's tokenizer, when it has one.
+    pub tokenizer_fingerprint: Option<u64>,
 }
 
 /// One drafted token sent for verification.
@@ -36,7 +41,7 @@ pub struct VerifyRequest {
 }
 
 /// The verdict for one position of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Verdict {
     /// An uploaded draft was accepted.
     Accepted,
@@ -66,7 +71,8 @@ pub struct VerifyOutcome {
 /// The large model's side: verifies drafts by speculative sampling, keeps its own KV state and
 /// rolls it back on rejection.
 pub trait Verifier: Send {
-    /// Length of the target's logit vectors.
+    /// Length of the target's logit vectors (0 while unknown: a remote verifier whose server
+    /// has not answered yet checks the vocabulary at [`Verifier::begin`] instead).
     fn vocab_size(&self) -> usize;
     /// Maximum context the target supports.
     fn max_context(&self) -> usize;

@@ -90,7 +90,8 @@ impl ModelFiles {
 
 /// A LLaMA-family decoder (LLaMA, SmolLM, Qwen2) loaded on a burn device, with its KV state.
 pub struct Transformer {
-    network: Network,
+    /// Shared by [`TargetModel::fork`]s: one copy of the weights for every session.
+    network: Arc<Network>,
     cache: KvCache,
     max_context: usize,
     tokenizer: Option<Arc<dyn TextTokenizer>>,
@@ -148,7 +149,7 @@ impl Transformer {
         Transformer {
             cache: KvCache::new(cfg.n_layers),
             max_context: cfg.max_context,
-            network,
+            network: Arc::new(network),
             tokenizer,
             description,
         }
@@ -278,5 +279,15 @@ impl TargetModel for Transformer {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn fork(&self) -> Result<Box<dyn TargetModel>> {
+        Ok(Box::new(Transformer {
+            network: Arc::clone(&self.network),
+            cache: KvCache::new(self.network.config().n_layers),
+            max_context: self.max_context,
+            tokenizer: self.tokenizer.clone(),
+            description: self.description.clone(),
+        }))
     }
 }

@@ -1,0 +1,506 @@
+//! The device's side of the split: a [`Verifier`] that talks to `hlm serve`.
+//!
+//! Faults never stop generation. When the server cannot be reached (down, slow, restarted,
+//! connection dropped) a request fails with [`HlmError::VerifierUnavailable`]; the engine keeps
+//! the drafts unverified and hands them back as context later. The client remembers every token
+//! the server has committed for its session (`history`), so once the server answers again it
+//! opens a fresh session and replays the history (`Begin` with the prompt, `Sync` with the
+//! rest): no token is lost or sent twice.
+
+use std::io::{BufReader, BufWriter};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hlm_core::{
+    BuildContext, Direction, HlmError, Result, SessionParams, TextTokenizer, TokenId, Verdict,
+    Verifier, VerifierSpec, VerifyOutcome, VerifyRequest,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::emulation::LinkEmulator;
+use crate::protocol::{Begin, ErrorCode, Request, Response, ServerInfo, Verify, WireDraft};
+use crate::wire::{PackedPayload, WireError, read_frame, write_frame};
+
+/// `[verifier] type = "remote"`: verification by an `hlm serve` server.
+///
+/// ```toml
+/// [verifier]
+/// type = "remote"
+/// address = "127.0.0.1:7070"
+/// request_timeout_s = 60.0
+/// emulate_link = true      # pace messages by the pipeline's [link]
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteVerifierSpec {
+    /// `HOST:PORT` of the server.
+    pub address: String,
+    /// Time allowed to open a connection (seconds).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_s: f64,
+    /// Time allowed for one answer (seconds); the model's time is included.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_s: f64,
+    /// Connection attempts per try (each after `retry_delay_s`).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Pause between connection attempts (seconds).
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_s: f64,
+    /// While the server is unreachable, try again at most this often (seconds); rounds in
+    /// between are kept unverified at once instead of waiting on timeouts.
+    #[serde(default = "default_reconnect_interval")]
+    pub reconnect_interval_s: f64,
+    /// Hold each message for the airtime the pipeline's `[link]` gives for its exact bytes.
+    #[serde(default)]
+    pub emulate_link: bool,
+}
+
+fn default_connect_timeout() -> f64 {
+    5.0
+}
+fn default_request_timeout() -> f64 {
+    120.0
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_delay() -> f64 {
+    0.2
+}
+fn default_reconnect_interval() -> f64 {
+    2.0
+}
+
+impl RemoteVerifierSpec {
+    /// Spec for `address` with every default.
+    pub fn new(address: impl Into<String>) -> Self {
+        RemoteVerifierSpec {
+            address: address.into(),
+            connect_timeout_s: default_connect_timeout(),
+            request_timeout_s: default_request_timeout(),
+            retries: default_retries(),
+            retry_delay_s: default_retry_delay(),
+            reconnect_interval_s: default_reconnect_interval(),
+            emulate_link: false,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("verifier.connect_timeout_s", self.connect_timeout_s),
+            ("verifier.request_timeout_s", self.request_timeout_s),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(HlmError::invalid(
+                    key,
+                    v,
+                    "must be a positive number of seconds",
+                ));
+            }
+        }
+        for (key, v) in [
+            ("verifier.retry_delay_s", self.retry_delay_s),
+            ("verifier.reconnect_interval_s", self.reconnect_interval_s),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(HlmError::invalid(key, v, "must be zero or more seconds"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[typetag::serde(name = "remote")]
+impl VerifierSpec for RemoteVerifierSpec {
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Verifier>> {
+        self.validate()?;
+        let emulator = match (&ctx.link_toml, self.emulate_link) {
+            (Some(link), true) => Some(LinkEmulator::from_toml(link, 0)?),
+            (None, true) => {
+                return Err(HlmError::invalid(
+                    "verifier.emulate_link",
+                    true,
+                    "the pipeline has no [link] to emulate",
+                ));
+            }
+            (_, false) => None,
+        };
+        Ok(Box::new(RemoteVerifier::connect(self.clone(), emulator)?))
+    }
+}
+
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+}
+
+/// Why one exchange failed.
+enum Failure {
+    /// The network or the server's process: retry later, keep generating meanwhile.
+    Unreachable(String),
+    /// The server answered with an error.
+    Refused(ErrorCode, String),
+}
+
+/// A verifier on the other side of a TCP connection.
+pub struct RemoteVerifier {
+    spec: RemoteVerifierSpec,
+    addr: SocketAddr,
+    info: Option<ServerInfo>,
+    conn: Option<Connection>,
+    session: Option<u64>,
+    prompt: Vec<TokenId>,
+    params: Option<SessionParams>,
+    /// Tokens after the prompt that the server has committed for this generation.
+    history: Vec<TokenId>,
+    /// When the last connection attempt failed.
+    down_since: Option<Instant>,
+    emulator: Option<LinkEmulator>,
+    /// Bytes this client wrote and read (frames included).
+    bytes: (u64, u64),
+}
+
+impl RemoteVerifier {
+    /// Resolve the address and ask the server what it serves. An unreachable server is not an
+    /// error here (the run starts on the draft model alone); a bad address is.
+    pub fn connect(spec: RemoteVerifierSpec, emulator: Option<LinkEmulator>) -> Result<Self> {
+        let addr = spec
+            .address
+            .to_socket_addrs()
+            .map_err(|e| {
+                HlmError::invalid(
+                    "verifier.address",
+                    &spec.address,
+                    format!("not a HOST:PORT that resolves: {e}"),
+                )
+            })?
+            .next()
+            .ok_or_else(|| {
+                HlmError::invalid("verifier.address", &spec.address, "resolves to no address")
+            })?;
+        let mut v = RemoteVerifier {
+            spec,
+            addr,
+            info: None,
+            conn: None,
+            session: None,
+            prompt: Vec::new(),
+            params: None,
+            history: Vec::new(),
+            down_since: None,
+            emulator,
+            bytes: (0, 0),
+        };
+        if let Err(e) = v.ensure_connection() {
+            tracing::warn!(
+                "verifier server {} unreachable, starting on the draft model alone: {e}",
+                v.addr
+            );
+        }
+        Ok(v)
+    }
+
+    /// What the server said about itself, once it has answered.
+    pub fn server_info(&self) -> Option<&ServerInfo> {
+        self.info.as_ref()
+    }
+
+    /// Bytes written and read so far (frames included).
+    pub fn bytes(&self) -> (u64, u64) {
+        self.bytes
+    }
+
+    fn open(&self) -> std::result::Result<Connection, String> {
+        let timeout = Duration::from_secs_f64(self.spec.connect_timeout_s);
+        let mut last = String::new();
+        for attempt in 0..=self.spec.retries {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs_f64(self.spec.retry_delay_s));
+            }
+            match TcpStream::connect_timeout(&self.addr, timeout) {
+                Ok(s) => {
+                    let io = |e: std::io::Error| e.to_string();
+                    s.set_nodelay(true).map_err(io)?;
+                    s.set_read_timeout(Some(Duration::from_secs_f64(self.spec.request_timeout_s)))
+                        .map_err(io)?;
+                    s.set_write_timeout(Some(Duration::from_secs_f64(self.spec.request_timeout_s)))
+                        .map_err(io)?;
+                    let w = s.try_clone().map_err(io)?;
+                    return Ok(Connection {
+                        reader: BufReader::with_capacity(1 << 16, s),
+                        writer: BufWriter::with_capacity(1 << 16, w),
+                    });
+                }
+                Err(e) => last = format!("cannot connect to {}: {e}", self.addr),
+            }
+        }
+        Err(last)
+    }
+
+    /// One request, one answer.
+    fn exchange(&mut self, request: &Request) -> std::result::Result<Response, Failure> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| Failure::Unreachable("not connected".into()))?;
+        // Answers are small (verdicts), but refuse nonsense lengths from a confused peer.
+        const MAX_ANSWER: usize = 64 << 20;
+        let mut frame = Vec::new();
+        let sent =
+            write_frame(&mut frame, request).map_err(|e| Failure::Unreachable(e.to_string()))?;
+        let t0 = Instant::now();
+        if let Some(em) = self.emulator.as_mut() {
+            em.hold(sent, Direction::Uplink, t0)
+                .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        }
+        use std::io::Write;
+        let lost = |e: std::io::Error| Failure::Unreachable(format!("connection lost: {e}"));
+        conn.writer.write_all(&frame).map_err(lost)?;
+        conn.writer.flush().map_err(lost)?;
+        let (response, got) = match read_frame::<_, Response>(&mut conn.reader, MAX_ANSWER) {
+            Ok(r) => r,
+            Err(WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Failure::Unreachable(format!(
+                    "no answer within {} s",
+                    self.spec.request_timeout_s
+                )));
+            }
+            Err(e) => return Err(Failure::Unreachable(e.to_string())),
+        };
+        let t1 = Instant::now();
+        if let Some(em) = self.emulator.as_mut() {
+            em.hold(got, Direction::Downlink, t1)
+                .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        }
+        self.bytes.0 += sent as u64;
+        self.bytes.1 += got as u64;
+        match response {
+            Response::Error { code, message } => Err(Failure::Refused(code, message)),
+            r => Ok(r),
+        }
+    }
+
+    /// Connect and say hello, unless connected.
+    fn ensure_connection(&mut self) -> std::result::Result<(), String> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let conn = match self.open() {
+            Ok(c) => c,
+            Err(e) => {
+                self.down_since = Some(Instant::now());
+                return Err(e);
+            }
+        };
+        self.conn = Some(conn);
+        match self.exchange(&Request::Hello) {
+            Ok(Response::Info(info)) => {
+                tracing::info!("verifier server {}: {}", self.addr, info.model);
+                self.info = Some(info);
+                self.down_since = None;
+                Ok(())
+            }
+            Ok(other) => {
+                self.drop_connection();
+                Err(format!("the server answered Hello with {other:?}"))
+            }
+            Err(Failure::Unreachable(e)) | Err(Failure::Refused(_, e)) => {
+                self.drop_connection();
+                Err(e)
+            }
+        }
+    }
+
+    fn drop_connection(&mut self) {
+        self.conn = None;
+        self.session = None;
+        self.down_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Make sure a session exists that holds prompt + history; opens one if needed.
+    fn ensure_session(&mut self) -> Result<()> {
+        if self.session.is_some() && self.conn.is_some() {
+            return Ok(());
+        }
+        if let Some(t) = self.down_since
+            && self.conn.is_none()
+            && t.elapsed().as_secs_f64() < self.spec.reconnect_interval_s
+        {
+            return Err(HlmError::VerifierUnavailable(format!(
+                "server {} unreachable for {:.1} s",
+                self.addr,
+                t.elapsed().as_secs_f64()
+            )));
+        }
+        self.ensure_connection()
+            .map_err(HlmError::VerifierUnavailable)?;
+        let params = self
+            .params
+            .ok_or_else(|| HlmError::Verifier("verify before begin".into()))?;
+        let begin = Request::Begin(Begin {
+            vocab_size: params.draft_vocab_size as u32,
+            tokenizer_fingerprint: params.tokenizer_fingerprint,
+            prompt: self.prompt.clone(),
+            temperature: params.temperature,
+            seed: params.seed,
+        });
+        let session = match self.exchange(&begin) {
+            Ok(Response::Begun { session }) => session,
+            other => return Err(self.failed("begin", other)),
+        };
+        self.session = Some(session);
+        if !self.history.is_empty() {
+            tracing::info!(
+                "resynchronising session {session} with {} committed tokens",
+                self.history.len()
+            );
+            let sync = Request::Sync {
+                session,
+                tokens: self.history.clone(),
+            };
+            match self.exchange(&sync) {
+                Ok(Response::Synced { .. }) => {}
+                other => return Err(self.failed("sync", other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Turn a failed or unexpected answer into the engine's error, dropping the connection
+    /// when it can no longer be trusted.
+    fn failed(&mut self, what: &str, r: std::result::Result<Response, Failure>) -> HlmError {
+        match r {
+            Err(Failure::Unreachable(e)) => {
+                self.drop_connection();
+                HlmError::VerifierUnavailable(format!("{what}: {e}"))
+            }
+            Err(Failure::Refused(code, message)) => {
+                if code.closes_connection() {
+                    self.drop_connection();
+                }
+                match code {
+                    ErrorCode::Incompatible => HlmError::Incompatible(message),
+                    ErrorCode::ContextTooLong => {
+                        HlmError::Verifier(format!("{what}: the server refused: {message}"))
+                    }
+                    ErrorCode::UnknownSession | ErrorCode::Busy => {
+                        // The session is gone (idle timeout) or the server is full: retry later.
+                        self.session = None;
+                        HlmError::VerifierUnavailable(format!("{what}: {message}"))
+                    }
+                    _ => HlmError::Verifier(format!(
+                        "{what}: the server refused ({code:?}): {message}"
+                    )),
+                }
+            }
+            Ok(other) => {
+                self.drop_connection();
+                HlmError::Verifier(format!("{what}: unexpected answer {other:?}"))
+            }
+        }
+    }
+}
+
+impl Verifier for RemoteVerifier {
+    fn vocab_size(&self) -> usize {
+        self.info.as_ref().map_or(0, |i| i.vocab_size as usize)
+    }
+
+    fn max_context(&self) -> usize {
+        self.info
+            .as_ref()
+            .map_or(usize::MAX, |i| i.max_context as usize)
+    }
+
+    fn begin(&mut self, prompt: &[TokenId], params: &SessionParams) -> Result<()> {
+        // A new generation: end the previous session, if any, and start over.
+        if let Some(session) = self.session.take() {
+            let _ = self.exchange(&Request::End { session });
+        }
+        self.prompt = prompt.to_vec();
+        self.params = Some(*params);
+        self.history.clear();
+        self.down_since = None;
+        match self.ensure_session() {
+            Ok(()) => Ok(()),
+            Err(HlmError::VerifierUnavailable(e)) => {
+                tracing::warn!("verifier unavailable at the start; drafting alone: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify(&mut self, request: &VerifyRequest) -> Result<VerifyOutcome> {
+        self.ensure_session()?;
+        let session = self
+            .session
+            .ok_or_else(|| HlmError::VerifierUnavailable("no session".into()))?;
+        let vocab = self.vocab_size();
+        let wire = Request::Verify(Verify {
+            session,
+            context: request.context.clone(),
+            drafts: request
+                .drafts
+                .iter()
+                .map(|d| WireDraft {
+                    token: d.token,
+                    payload: d.payload.as_ref().map(|p| PackedPayload::pack(p, vocab)),
+                })
+                .collect(),
+            bonus: request.bonus,
+        });
+        match self.exchange(&wire) {
+            Ok(Response::Verdicts {
+                verdicts,
+                server_tokens,
+                compute_s,
+                target_probs,
+            }) => {
+                let outcome = VerifyOutcome {
+                    verdicts,
+                    server_tokens,
+                    compute_s,
+                    target_probs,
+                };
+                outcome.validate(request)?;
+                let stood = outcome
+                    .verdicts
+                    .iter()
+                    .filter(|v| matches!(v, Verdict::Accepted | Verdict::Unverified))
+                    .count();
+                self.history.extend_from_slice(&request.context);
+                self.history
+                    .extend(request.drafts.iter().take(stood).map(|d| d.token));
+                Ok(outcome)
+            }
+            other => Err(self.failed("verify", other)),
+        }
+    }
+
+    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
+        None
+    }
+
+    fn describe(&self) -> String {
+        match &self.info {
+            Some(i) => format!("remote verifier at {} ({})", self.addr, i.model),
+            None => format!("remote verifier at {} (not reached yet)", self.addr),
+        }
+    }
+}
+
+impl Drop for RemoteVerifier {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = self.exchange(&Request::End { session });
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Shared helpers of the split tests: the tiny random-weight fixture transformers of
+//! crates/backends/tests/fixtures (LLaMA drafts, Qwen2 verifies; one vocabulary of 64).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use hlm_backends::{RuleChoice, Transformer, parse_device};
+use hlm_core::{BuildContext, Pipeline, PipelineConfig, RunReport, TargetModel};
+use hlm_net::{Server, ServerHandle, ServerLimits};
+
+pub fn link() {
+    hlm_filters::link();
+    hlm_energy::link();
+    hlm_backends::link();
+    hlm_net::link();
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../backends/tests/fixtures")
+        .join(name)
+}
+
+/// The fixture target model on the CPU.
+pub fn target() -> Transformer {
+    let device = parse_device("cpu").expect("cpu device");
+    Transformer::load(&fixture("tiny-qwen2"), &device).expect("tiny-qwen2 loads")
+}
+
+/// A server of the fixture target on a free loopback port.
+pub fn start_server(limits: ServerLimits) -> ServerHandle {
+    start_server_with(Box::new(target()), limits, "127.0.0.1:0")
+}
+
+pub fn start_server_with(
+    model: Box<dyn TargetModel>,
+    limits: ServerLimits,
+    addr: &str,
+) -> ServerHandle {
+    let server = Server::new(model, RuleChoice::Speculative, limits).expect("server");
+    let listener = TcpListener::bind(addr).expect("bind");
+    server.spawn(listener).expect("spawn")
+}
+
+/// A loopback address nothing listens on.
+pub fn dead_address() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    drop(l);
+    a.to_string()
+}
+
+/// A pipeline config: `verifier` is the whole `[verifier]` table body.
+pub fn config(verifier: &str, upload: &str, codec: &str, extra: &str) -> String {
+    format!(
+        r#"name = "split-test"
+device = "cpu"
+[generation]
+max_new_tokens = 16
+temperature = 1.0
+seed = 3
+{extra}
+[draft]
+type = "transformer"
+model = {draft:?}
+[verifier]
+{verifier}
+[upload]
+{upload}
+[codec]
+{codec}
+[link]
+type = "fixed_rate"
+uplink_bps = 2e6
+downlink_bps = 1e7
+latency_s = 0.001
+[energy]
+type = "analytic"
+"#,
+        draft = fixture("tiny-llama").display().to_string(),
+    )
+}
+
+pub fn local_verifier() -> String {
+    format!(
+        "type = \"local\"\n[verifier.model]\ntype = \"transformer\"\nmodel = {:?}\n",
+        fixture("tiny-qwen2").display().to_string()
+    )
+}
+
+pub fn remote_verifier(addr: &str, extra: &str) -> String {
+    format!("type = \"remote\"\naddress = \"{addr}\"\n{extra}\n")
+}
+
+pub fn pipeline(text: &str, overrides: &[String]) -> Pipeline {
+    link();
+    let cfg = PipelineConfig::parse(text, "test config", overrides).expect("config parses");
+    let ctx = BuildContext {
+        device: "cpu".into(),
+        models_dir: None,
+        link_toml: None,
+    };
+    Pipeline::from_config(cfg, &ctx).expect("pipeline builds")
+}
+
+pub const PROMPT: &[u32] = &[1, 5, 17, 33, 2];
+
+pub fn run(text: &str, overrides: &[String]) -> RunReport {
+    pipeline(text, overrides)
+        .generate(PROMPT, &mut |_| {})
+        .expect("run")
+}
