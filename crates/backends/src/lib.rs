@@ -12,7 +12,9 @@ pub mod gguf;
 pub mod transformer;
 pub mod verifier;
 
-pub use transformer::{Transformer, TransformerSpec, parse_device, resolve_model_path};
+pub use transformer::{
+    Transformer, TransformerSpec, forward_all_batch, parse_device, resolve_model_path,
+};
 pub use verifier::{LocalVerifier, LocalVerifierSpec, RuleChoice};
 
 /// Force-link the typetag registrations of this crate into a binary.

@@ -68,8 +68,30 @@ impl Verifier for LocalVerifier {
 
     fn verify(&mut self, req: &VerifyRequest) -> Result<VerifyOutcome> {
         let t0 = Instant::now();
+        let fed = self.prepare(req)?;
+        let all = if fed.is_empty() {
+            Vec::new()
+        } else {
+            self.model.forward_all(&fed)?
+        };
+        let mut outcome = self.conclude(req, all)?;
+        outcome.compute_s = t0.elapsed().as_secs_f64();
+        Ok(outcome)
+    }
+
+    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
+        self.model.tokenizer()
+    }
+
+    fn describe(&self) -> String {
+        format!("local verifier on {}", self.model.describe())
+    }
+}
+
+impl LocalVerifier {
+    /// The tokens a request feeds to the model (context, then drafts), checked.
+    fn prepare(&self, req: &VerifyRequest) -> Result<Vec<TokenId>> {
         let vocab = self.model.vocab_size();
-        let base = self.model.context_len();
         let mut fed: Vec<TokenId> = req.context.clone();
         fed.extend(req.drafts.iter().map(|d| d.token));
         if let Some(&bad) = fed.iter().find(|&&t| t as usize >= vocab) {
@@ -77,11 +99,32 @@ impl Verifier for LocalVerifier {
                 "token {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let mut all = if fed.is_empty() {
-            Vec::new()
-        } else {
-            self.model.forward_all(&fed)?
-        };
+        // Refuse a malformed payload before the model state moves (after the pass, an error
+        // would leave the KV state holding tokens the caller thinks were refused).
+        for d in &req.drafts {
+            if let Some(p) = &d.payload {
+                p.reconstruct(d.token, vocab)?;
+            }
+        }
+        if req.context.is_empty()
+            && (!req.drafts.is_empty() || req.bonus)
+            && self.last_logits.is_none()
+        {
+            return Err(HlmError::Verifier(
+                "no logits for the first draft: the request has no context and the previous \
+                 round ended with a new token"
+                    .into(),
+            ));
+        }
+        Ok(fed)
+    }
+
+    /// Judge the drafts of `req` given the logits of every fed position (`all`, as the model
+    /// returned them after [`LocalVerifier::prepare`]'s tokens were fed), and roll back.
+    fn conclude(&mut self, req: &VerifyRequest, mut all: Vec<Vec<f32>>) -> Result<VerifyOutcome> {
+        let vocab = self.model.vocab_size();
+        let fed_len = req.context.len() + req.drafts.len();
+        let base = self.model.context_len() - all.len();
         // predictive[j] = logits predicting fed position `context.len() + j` (draft j), and the
         // last entry predicts the token after every draft.
         let nctx = req.context.len();
@@ -146,19 +189,82 @@ impl Verifier for LocalVerifier {
         }
         Ok(VerifyOutcome {
             verdicts,
-            server_tokens: fed.len() as u64,
-            compute_s: t0.elapsed().as_secs_f64(),
+            server_tokens: fed_len as u64,
+            compute_s: 0.0,
             target_probs,
         })
     }
+}
 
-    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
-        self.model.tokenizer()
+/// Verify requests of several sessions, with one model pass for all of them where their models
+/// allow it ([`forward_all_batch`]: transformers sharing weights). The same verdicts as calling
+/// [`Verifier::verify`] on each in turn; `compute_s` of each is its share of the pass, by fed
+/// tokens. One result per item, in order.
+pub fn verify_batch(
+    items: &mut [(&mut LocalVerifier, &VerifyRequest)],
+) -> Vec<Result<VerifyOutcome>> {
+    let t0 = Instant::now();
+    let mut results: Vec<Option<Result<VerifyOutcome>>> = (0..items.len()).map(|_| None).collect();
+    let mut feeds: Vec<Vec<TokenId>> = Vec::with_capacity(items.len());
+    let mut fed_total = 0usize;
+    for (i, (v, req)) in items.iter().enumerate() {
+        match v.prepare(req) {
+            Ok(fed) => {
+                fed_total += fed.len();
+                feeds.push(fed);
+            }
+            Err(e) => {
+                results[i] = Some(Err(e));
+                feeds.push(Vec::new());
+            }
+        }
     }
-
-    fn describe(&self) -> String {
-        format!("local verifier on {}", self.model.describe())
+    // Items with something to feed go through the model together.
+    let running: Vec<usize> = (0..items.len())
+        .filter(|&i| results[i].is_none() && !feeds[i].is_empty())
+        .collect();
+    let mut logits: Vec<Option<Result<Vec<Vec<f32>>>>> = (0..items.len()).map(|_| None).collect();
+    {
+        let mut models: Vec<&mut dyn hlm_core::TargetModel> = Vec::with_capacity(running.len());
+        let mut feed_refs: Vec<&[TokenId]> = Vec::with_capacity(running.len());
+        let mut wanted = running.iter().peekable();
+        for (i, (v, _)) in items.iter_mut().enumerate() {
+            if wanted.peek() == Some(&&i) {
+                wanted.next();
+                models.push(v.model.as_mut());
+                feed_refs.push(&feeds[i]);
+            }
+        }
+        for (&i, r) in running
+            .iter()
+            .zip(crate::forward_all_batch(&mut models, &feed_refs))
+        {
+            logits[i] = Some(r);
+        }
     }
+    let elapsed = t0.elapsed().as_secs_f64();
+    for (i, (v, req)) in items.iter_mut().enumerate() {
+        if results[i].is_some() {
+            continue;
+        }
+        let all = match logits[i].take() {
+            None => Ok(Vec::new()),
+            Some(r) => r,
+        };
+        let share = if fed_total > 0 {
+            elapsed * feeds[i].len() as f64 / fed_total as f64
+        } else {
+            0.0
+        };
+        results[i] = Some(all.and_then(|all| v.conclude(req, all)).map(|mut o| {
+            o.compute_s = share;
+            o
+        }));
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(HlmError::Verifier("request was not processed".into()))))
+        .collect()
 }
 
 /// The acceptance rule a configured local verifier uses.

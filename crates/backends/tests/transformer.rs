@@ -453,3 +453,79 @@ fn wgpu_matches_reference_when_enabled() {
         assert_close(&decode[0], &r.decode_logits[0], TOLERANCE, "wgpu decode");
     }
 }
+
+/// Sessions of one model batched into one pass (different prompts, past lengths and feed
+/// lengths) give each the logits of its own pass, and leave each KV state as its own pass would.
+#[test]
+fn sessions_batched_in_one_pass_match_separate_passes() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let base = load(name);
+        let prompts: [&[TokenId]; 3] = [&[1, 5, 17, 33], &[2, 9], &[7, 7, 3, 60, 11, 4]];
+        let feeds: [&[TokenId]; 3] = [&[8], &[3, 4, 5], &[12, 13]];
+        // Separately.
+        let mut want = Vec::new();
+        for (p, f) in prompts.iter().zip(feeds) {
+            let mut m = base.fork().expect("fork");
+            m.forward_all(p).expect("prefill");
+            want.push(m.forward_all(f).expect("feed"));
+        }
+        // Batched.
+        let mut forks: Vec<Box<dyn TargetModel>> = prompts
+            .iter()
+            .map(|p| {
+                let mut m = base.fork().expect("fork");
+                m.forward_all(p).expect("prefill");
+                m
+            })
+            .collect();
+        let got = {
+            // Pushed one by one: `push` is a coercion site, so each `&mut (dyn + 'static)`
+            // shortens to the borrow's own lifetime (`collect` would not coerce).
+            let mut refs: Vec<&mut dyn TargetModel> = Vec::new();
+            for m in forks.iter_mut() {
+                refs.push(m.as_mut());
+            }
+            hlm_backends::forward_all_batch(&mut refs, &feeds)
+        };
+        for (i, (g, w)) in got.into_iter().zip(&want).enumerate() {
+            assert_rows_close(
+                &g.expect("batched"),
+                w,
+                1e-5,
+                &format!("{name} session {i}"),
+            );
+        }
+        // The caches continue correctly: one more token each, separately.
+        for (i, m) in forks.iter_mut().enumerate() {
+            assert_eq!(m.context_len(), prompts[i].len() + feeds[i].len());
+            let mut fresh = base.fork().expect("fork");
+            let mut all = prompts[i].to_vec();
+            all.extend_from_slice(feeds[i]);
+            fresh.forward_all(&all).expect("all");
+            let a = m.forward_all(&[21]).expect("next");
+            let b = fresh.forward_all(&[21]).expect("next");
+            assert_rows_close(&a, &b, 1e-5, &format!("{name} session {i} after the batch"));
+        }
+        // A feed over one session's context fails alone; the others still run.
+        let mut small = base.fork().expect("fork");
+        let mut other = base.fork().expect("fork");
+        small.forward_all(&[1]).expect("prefill");
+        other.forward_all(&[1]).expect("prefill");
+        let too_long = vec![3; TargetModel::max_context(&base) + 1];
+        let got = {
+            let mut refs: Vec<&mut dyn TargetModel> = vec![small.as_mut(), other.as_mut()];
+            hlm_backends::forward_all_batch(&mut refs, &[&too_long, &[4]])
+        };
+        assert!(
+            got[0]
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("exceeds"))
+        );
+        assert!(got[1].is_ok());
+        assert_eq!(
+            small.context_len(),
+            1,
+            "the refused session's state did not move"
+        );
+    }
+}

@@ -67,6 +67,12 @@ pub trait TargetModel: Send {
             self.describe()
         )))
     }
+    /// The model as `Any`, so that code which knows a concrete model type can recognise
+    /// sessions of it and batch them (see `hlm_backends::forward_all_batch`). `None` (the
+    /// default) means "never batched".
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// Where components are built: the device string of the pipeline and the models folder.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hlm_backends::{LocalVerifier, RuleChoice};
+use hlm_backends::{LocalVerifier, RuleChoice, verifier::verify_batch};
 use hlm_core::{
     BuildContext, DraftToken, HlmError, SessionParams, TargetModel, TargetModelSpec, Verdict,
     Verifier, VerifyRequest,
@@ -511,13 +511,7 @@ impl Worker {
             self.counters
                 .max_batch_seen
                 .fetch_max(batch.len() as u64, Ordering::Relaxed);
-            for job in batch {
-                let response = self.handle(job.work);
-                if let Response::Error { .. } = &response {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = job.reply.send(response);
-            }
+            self.run_batch(batch);
             self.sweep(idle);
         }
         for id in self.sessions.keys().copied().collect::<Vec<_>>() {
@@ -556,26 +550,86 @@ impl Worker {
         Some(s.stats)
     }
 
+    /// Answer a batch of jobs: verifications (and syncs) of distinct sessions share one model
+    /// pass; everything else is answered in turn.
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let mut admitted: Vec<(Admitted, Sender<Response>)> = Vec::new();
+        for job in batch {
+            let ready = match job.work {
+                Work::Verify(v, bytes_in) => self.admit(v, bytes_in, false),
+                Work::Sync { session, tokens } => {
+                    let v = Verify {
+                        session,
+                        context: tokens,
+                        drafts: Vec::new(),
+                        bonus: false,
+                    };
+                    self.admit(v, 0, true)
+                }
+                other => Err(self.handle(other)),
+            };
+            match ready {
+                Ok(a) => admitted.push((a, job.reply)),
+                Err(response) => self.reply(&job.reply, response),
+            }
+        }
+        // A session appears at most once per pass (a connection waits for each answer, but be
+        // safe): later duplicates go into the next pass.
+        while !admitted.is_empty() {
+            let mut seen = HashSet::new();
+            let (now, later): (Vec<_>, Vec<_>) = admitted
+                .into_iter()
+                .partition(|(a, _)| seen.insert(a.session));
+            admitted = later;
+            self.verify_together(now);
+        }
+    }
+
+    fn reply(&self, to: &Sender<Response>, response: Response) {
+        if let Response::Error { .. } = &response {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = to.send(response);
+    }
+
+    /// One model pass for requests of distinct sessions.
+    fn verify_together(&mut self, items: Vec<(Admitted, Sender<Response>)>) {
+        // Take the sessions out of the map for the pass (each needs its own `&mut`).
+        let mut taken: Vec<(Admitted, Sender<Response>, Session)> = Vec::with_capacity(items.len());
+        for (a, reply) in items {
+            match self.sessions.remove(&a.session) {
+                Some(s) => taken.push((a, reply, s)),
+                None => self.reply(
+                    &reply,
+                    error(
+                        ErrorCode::UnknownSession,
+                        format!("no session {}", a.session),
+                    ),
+                ),
+            }
+        }
+        let outcomes = {
+            let mut refs: Vec<(&mut LocalVerifier, &VerifyRequest)> = taken
+                .iter_mut()
+                .map(|(a, _, s)| (&mut s.verifier, &a.req))
+                .collect();
+            verify_batch(&mut refs)
+        };
+        for ((a, reply, mut s), outcome) in taken.into_iter().zip(outcomes) {
+            let response = match outcome {
+                Ok(o) => Self::record(&mut s, &a, o, &self.counters),
+                Err(e) => error(code_of(&e), e.to_string()),
+            };
+            self.sessions.insert(a.session, s);
+            self.reply(&reply, response);
+        }
+    }
+
     fn handle(&mut self, work: Work) -> Response {
         match work {
             Work::Begin(b) => self.begin(b),
-            Work::Verify(v, bytes_in) => self.verify(v, bytes_in),
-            Work::Sync { session, tokens } => {
-                let v = Verify {
-                    session,
-                    context: tokens,
-                    drafts: Vec::new(),
-                    bonus: false,
-                };
-                match self.verify(v, 0) {
-                    Response::Verdicts { .. } => match self.sessions.get(&session) {
-                        Some(s) => Response::Synced {
-                            context_len: s.context_len as u64,
-                        },
-                        None => error(ErrorCode::UnknownSession, "session vanished"),
-                    },
-                    other => other,
-                }
+            Work::Verify(..) | Work::Sync { .. } => {
+                error(ErrorCode::Internal, "verification outside a batch")
             }
             Work::End { session } => match self.end(session, "ended by the client") {
                 Some(stats) => Response::Ended { stats },
@@ -695,26 +749,26 @@ impl Worker {
         Response::Begun { session: id }
     }
 
-    fn verify(&mut self, v: Verify, bytes_in: u64) -> Response {
+    /// Check a verification (or sync) against its session and the limits; `Err` is the
+    /// answer when it cannot run, or needs no model pass.
+    fn admit(&mut self, v: Verify, bytes_in: u64, sync: bool) -> Result<Admitted, Response> {
         let vocab = self.server.info.vocab_size as usize;
         let max_context = self.server.info.max_context as usize;
         let Some(s) = self.sessions.get_mut(&v.session) else {
-            return error(
+            return Err(error(
                 ErrorCode::UnknownSession,
                 format!("no session {} (it idled out)", v.session),
-            );
+            ));
         };
         s.last_active = Instant::now();
         let mut drafts = Vec::with_capacity(v.drafts.len());
         for (i, d) in v.drafts.into_iter().enumerate() {
             let payload = match d.payload {
                 None => None,
-                Some(p) => match p.unpack(vocab) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        return error(ErrorCode::BadRequest, format!("draft {i}: {e}"));
-                    }
-                },
+                Some(p) => Some(
+                    p.unpack(vocab)
+                        .map_err(|e| error(ErrorCode::BadRequest, format!("draft {i}: {e}")))?,
+                ),
             };
             drafts.push(DraftToken {
                 token: d.token,
@@ -726,28 +780,45 @@ impl Worker {
             drafts,
             bonus: v.bonus,
         };
-        let fed = req.context.len() + req.drafts.len();
-        if s.context_len + fed + usize::from(req.bonus) > max_context {
-            return error(
+        let reach = s.context_len + req.context.len() + req.drafts.len() + usize::from(req.bonus);
+        if reach > max_context {
+            return Err(error(
                 ErrorCode::ContextTooLong,
                 format!(
-                    "the session would reach {} tokens, over the server's maximum context of {max_context}",
-                    s.context_len + fed + usize::from(req.bonus)
+                    "the session would reach {reach} tokens, over the server's maximum context of {max_context}"
                 ),
-            );
+            ));
         }
         if req.context.is_empty() && req.drafts.is_empty() && !req.bonus {
-            return Response::Verdicts {
-                verdicts: Vec::new(),
-                server_tokens: 0,
-                compute_s: 0.0,
-                target_probs: Vec::new(),
-            };
+            return Err(if sync {
+                Response::Synced {
+                    context_len: s.context_len as u64,
+                }
+            } else {
+                Response::Verdicts {
+                    verdicts: Vec::new(),
+                    server_tokens: 0,
+                    compute_s: 0.0,
+                    target_probs: Vec::new(),
+                }
+            });
         }
-        let outcome = match s.verifier.verify(&req) {
-            Ok(o) => o,
-            Err(e) => return error(code_of(&e), e.to_string()),
-        };
+        Ok(Admitted {
+            session: v.session,
+            req,
+            bytes_in,
+            sync,
+        })
+    }
+
+    /// Account a finished verification to its session and make the answer.
+    fn record(
+        s: &mut Session,
+        a: &Admitted,
+        outcome: hlm_core::VerifyOutcome,
+        counters: &ServerCounters,
+    ) -> Response {
+        let req = &a.req;
         let stood = outcome
             .verdicts
             .iter()
@@ -755,7 +826,7 @@ impl Worker {
             .count();
         s.context_len += req.context.len() + stood;
         let st = &mut s.stats;
-        st.verify_requests += u64::from(!req.drafts.is_empty() || req.bonus);
+        st.verify_requests += u64::from(!a.sync);
         st.drafts_judged += req.drafts.iter().filter(|d| d.payload.is_some()).count() as u64;
         st.drafts_accepted += outcome
             .verdicts
@@ -764,10 +835,13 @@ impl Worker {
             .count() as u64;
         st.server_tokens += outcome.server_tokens;
         st.compute_s += outcome.compute_s;
-        st.bytes_in += bytes_in;
-        self.counters
-            .verify_requests
-            .fetch_add(1, Ordering::Relaxed);
+        st.bytes_in += a.bytes_in;
+        if a.sync {
+            return Response::Synced {
+                context_len: s.context_len as u64,
+            };
+        }
+        counters.verify_requests.fetch_add(1, Ordering::Relaxed);
         Response::Verdicts {
             verdicts: outcome.verdicts,
             server_tokens: outcome.server_tokens,
@@ -775,6 +849,14 @@ impl Worker {
             target_probs: outcome.target_probs,
         }
     }
+}
+
+/// A verification that passed the checks, waiting for its model pass.
+struct Admitted {
+    session: u64,
+    req: VerifyRequest,
+    bytes_in: u64,
+    sync: bool,
 }
 
 /// The protocol's code for an error of the model side.

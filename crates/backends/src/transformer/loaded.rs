@@ -281,6 +281,10 @@ impl TargetModel for Transformer {
         self.description.clone()
     }
 
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+
     fn fork(&self) -> Result<Box<dyn TargetModel>> {
         Ok(Box::new(Transformer {
             network: Arc::clone(&self.network),
@@ -290,4 +294,58 @@ impl TargetModel for Transformer {
             description: self.description.clone(),
         }))
     }
+}
+
+/// Run `forward_all` for several target models in one pass when they are [`Transformer`]s that
+/// share their weights (forks of one model, as a server's sessions are); otherwise one pass per
+/// model. One result per model: a model whose feed is invalid (empty, over its context) fails
+/// alone before the batch runs.
+pub fn forward_all_batch(
+    models: &mut [&mut dyn TargetModel],
+    feeds: &[&[TokenId]],
+) -> Vec<Result<Vec<Vec<f32>>>> {
+    let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = (0..models.len()).map(|_| None).collect();
+    // Transformers on one network, with a valid feed, go into the batch.
+    let mut batch: Vec<(usize, &mut Transformer)> = Vec::new();
+    let mut network: Option<Arc<Network>> = None;
+    for (i, m) in models.iter_mut().enumerate() {
+        let Some(t) = m.as_any_mut().and_then(|a| a.downcast_mut::<Transformer>()) else {
+            continue;
+        };
+        if let Err(e) = t.check_feed(feeds[i]) {
+            results[i] = Some(Err(e));
+            continue;
+        }
+        let same = network.get_or_insert_with(|| Arc::clone(&t.network));
+        if Arc::ptr_eq(same, &t.network) {
+            batch.push((i, t));
+        }
+    }
+    if batch.len() > 1
+        && let Some(net) = network
+    {
+        let mut seqs: Vec<(&[TokenId], &mut KvCache)> = batch
+            .iter_mut()
+            .map(|(i, t)| (feeds[*i], &mut t.cache))
+            .collect();
+        match net.forward_batch(&mut seqs, LogitRows::All, &[]) {
+            Ok(outs) => {
+                for ((i, _), out) in batch.iter().zip(outs) {
+                    results[*i] = Some(Ok(out.logits));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (i, _) in &batch {
+                    results[*i] = Some(Err(HlmError::Model(format!("batched pass: {msg}"))));
+                }
+            }
+        }
+    }
+    models
+        .iter_mut()
+        .zip(results)
+        .zip(feeds)
+        .map(|((m, r), feed)| r.unwrap_or_else(|| m.forward_all(feed)))
+        .collect()
 }

@@ -17,7 +17,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Family, RopeLayout, TransformerConfig};
-pub use loaded::{ModelFiles, Transformer};
+pub use loaded::{ModelFiles, Transformer, forward_all_batch};
 pub use spec::{
     DEVICE_NAMES, TransformerSpec, default_models_dir, parse_device, resolve_model_path,
 };

@@ -172,74 +172,112 @@ impl Network {
         rows: LogitRows,
         attention_layers: &[usize],
     ) -> Result<ForwardOutput> {
-        if tokens.is_empty() {
+        let mut out = self.forward_batch(&mut [(tokens, cache)], rows, attention_layers)?;
+        out.pop()
+            .ok_or_else(|| HlmError::Model("a batch of one returned nothing".into()))
+    }
+
+    /// Feed several independent sequences (each with its own cache and past length) in one
+    /// pass: their tokens are stacked so every projection and MLP runs as one matrix product
+    /// over all of them (the weights are read once per layer, which is what decoding is bound
+    /// by), while attention runs per sequence over its own keys. One output per sequence, in
+    /// order. On error every cache is left as it was.
+    pub fn forward_batch(
+        &self,
+        seqs: &mut [(&[TokenId], &mut KvCache)],
+        rows: LogitRows,
+        attention_layers: &[usize],
+    ) -> Result<Vec<ForwardOutput>> {
+        if seqs.is_empty() || seqs.iter().any(|(t, _)| t.is_empty()) {
             return Err(HlmError::Model("forward needs at least one token".into()));
         }
-        let past = cache.len();
-        let out = self.forward_uncommitted(tokens, cache, rows, attention_layers);
-        match out {
-            Ok(out) => {
+        let pasts: Vec<usize> = seqs.iter().map(|(_, c)| c.len()).collect();
+        let out = self.forward_uncommitted(seqs, rows, attention_layers);
+        for ((tokens, cache), &past) in seqs.iter_mut().zip(&pasts) {
+            if out.is_ok() {
                 cache.commit(past + tokens.len());
-                Ok(out)
-            }
-            Err(e) => {
+            } else {
                 cache.truncate(past);
-                Err(e)
             }
         }
+        out
     }
 
     fn forward_uncommitted(
         &self,
-        tokens: &[TokenId],
-        cache: &mut KvCache,
+        seqs: &mut [(&[TokenId], &mut KvCache)],
         rows: LogitRows,
         attention_layers: &[usize],
-    ) -> Result<ForwardOutput> {
+    ) -> Result<Vec<ForwardOutput>> {
         let cfg = &self.cfg;
-        let seq = tokens.len();
-        let past = cache.len();
-        let mut x = self.embed(tokens)?;
-        let angles = self.rope.angles(past, seq, &self.device);
-        let (group, total) = (cfg.kv_group(), past + seq);
-        // Causal mask over [new positions, all keys]; one new token sees everything. Rows are
-        // (query head in its KV group, position), see `group_queries`. Expanded explicitly:
-        // not every backend broadcasts masks.
-        let mask = (seq > 1).then(|| {
-            Tensor::<2, Bool>::tril_mask([seq, total], past as i64, &self.device)
-                .unsqueeze::<4>()
-                .expand([cfg.n_kv_heads, group, seq, total])
-                .reshape([cfg.n_kv_heads, group * seq, total])
-        });
-        let mut attention = Vec::with_capacity(attention_layers.len());
+        let all: Vec<TokenId> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let mut x = self.embed(&all)?;
+        let (q_dim, kv_dim) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+        // Per sequence: its rows in the stack, RoPE angles and causal mask.
+        let mut layout = Vec::with_capacity(seqs.len());
+        let mut offset = 0;
+        for (tokens, cache) in seqs.iter() {
+            let (seq, past) = (tokens.len(), cache.len());
+            let angles = self.rope.angles(past, seq, &self.device);
+            let (group, total) = (cfg.kv_group(), past + seq);
+            // Causal mask over [new positions, all keys]; one new token sees everything.
+            // Rows are (query head in its KV group, position), see `group_queries`. Expanded
+            // explicitly: not every backend broadcasts masks.
+            let mask = (seq > 1).then(|| {
+                Tensor::<2, Bool>::tril_mask([seq, total], past as i64, &self.device)
+                    .unsqueeze::<4>()
+                    .expand([cfg.n_kv_heads, group, seq, total])
+                    .reshape([cfg.n_kv_heads, group * seq, total])
+            });
+            layout.push((offset, seq, total, angles, mask));
+            offset += seq;
+        }
+        let single = layout.len() == 1;
+        let mut attention: Vec<Vec<LayerAttention>> = vec![Vec::new(); seqs.len()];
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &block.attn_norm, cfg.rms_eps);
             let qkv = block.qkv.forward(h);
-            let (q_dim, kv_dim) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
-            let q = self.heads(qkv.clone().narrow(1, 0, q_dim), cfg.n_heads);
-            let k = self.heads(qkv.clone().narrow(1, q_dim, kv_dim), cfg.n_kv_heads);
-            let v = self.heads(qkv.narrow(1, q_dim + kv_dim, kv_dim), cfg.n_kv_heads);
-            let q = self.rope.apply(q, &angles);
-            let k = self.rope.apply(k, &angles);
-            let (keys, values) = cache.append(i, k, v);
-            let q = group_queries(q, cfg.n_kv_heads);
-            let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-            // [kv_heads, group * seq, total]
-            let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(scale);
-            if let Some(mask) = &mask {
-                scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
+            let mut mixed_parts = Vec::with_capacity(seqs.len());
+            for (j, (_, cache)) in seqs.iter_mut().enumerate() {
+                let (off, seq, total, angles, mask) = &layout[j];
+                let (seq, total) = (*seq, *total);
+                let rows_j = if single {
+                    qkv.clone()
+                } else {
+                    qkv.clone().narrow(0, *off, seq)
+                };
+                let q = self.heads(rows_j.clone().narrow(1, 0, q_dim), cfg.n_heads);
+                let k = self.heads(rows_j.clone().narrow(1, q_dim, kv_dim), cfg.n_kv_heads);
+                let v = self.heads(rows_j.narrow(1, q_dim + kv_dim, kv_dim), cfg.n_kv_heads);
+                let q = self.rope.apply(q, angles);
+                let k = self.rope.apply(k, angles);
+                let (keys, values) = cache.append(i, k, v);
+                let q = group_queries(q, cfg.n_kv_heads);
+                let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+                // [kv_heads, group * seq, total]
+                let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(scale);
+                if let Some(mask) = mask {
+                    scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
+                }
+                let probs = softmax(scores, 2);
+                if attention_layers.contains(&i) {
+                    let per_head = probs.clone().reshape([cfg.n_heads, seq, total]);
+                    attention[j].push(newest_attention(i, per_head)?);
+                }
+                // [kv_heads, group * seq, head_dim] -> [heads, seq, head_dim] -> [seq, q_dim]
+                mixed_parts.push(
+                    probs
+                        .matmul(values)
+                        .reshape([cfg.n_heads, seq, cfg.head_dim])
+                        .swap_dims(0, 1)
+                        .reshape([seq, q_dim]),
+                );
             }
-            let probs = softmax(scores, 2);
-            if attention_layers.contains(&i) {
-                let per_head = probs.clone().reshape([cfg.n_heads, seq, total]);
-                attention.push(newest_attention(i, per_head)?);
-            }
-            // [kv_heads, group * seq, head_dim] -> [heads, seq, head_dim] -> [seq, heads * head_dim]
-            let mixed = probs
-                .matmul(values)
-                .reshape([cfg.n_heads, seq, cfg.head_dim])
-                .swap_dims(0, 1)
-                .reshape([seq, cfg.n_heads * cfg.head_dim]);
+            let mixed = if mixed_parts.len() == 1 {
+                mixed_parts.pop().expect("one part")
+            } else {
+                Tensor::cat(mixed_parts, 0)
+            };
             x = x + block.o.forward(mixed);
             let h = rms_norm(x.clone(), &block.ffn_norm, cfg.rms_eps);
             let gate_up = block.gate_up.forward(h);
@@ -247,25 +285,41 @@ impl Network {
             let gated = silu(gate_up.clone().narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter);
             x = x + block.down.forward(gated);
         }
+        // The rows that get logits: per sequence all of them, or only its last.
         let x = match rows {
-            LogitRows::Last => x.narrow(0, seq - 1, 1),
             LogitRows::All => x,
+            LogitRows::Last if single => x.narrow(0, offset - 1, 1),
+            LogitRows::Last => Tensor::cat(
+                layout
+                    .iter()
+                    .map(|(off, seq, ..)| x.clone().narrow(0, off + seq - 1, 1))
+                    .collect(),
+                0,
+            ),
         };
         let n_rows = x.dims()[0];
         let logits = rms_norm(x, &self.final_norm, cfg.rms_eps).matmul(self.lm_head.clone());
         let flat = read_f32(logits)?;
-        let logits = flat
-            .chunks_exact(cfg.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect::<Vec<_>>();
-        if logits.len() != n_rows {
+        if flat.len() != n_rows * cfg.vocab_size {
             return Err(HlmError::Model(format!(
                 "expected {n_rows} logit rows of {}, read {} values",
                 cfg.vocab_size,
                 flat.len()
             )));
         }
-        Ok(ForwardOutput { logits, attention })
+        let mut rows_iter = flat.chunks_exact(cfg.vocab_size).map(<[f32]>::to_vec);
+        let mut outputs = Vec::with_capacity(seqs.len());
+        for ((_, seq, ..), attention) in layout.iter().zip(attention) {
+            let n = match rows {
+                LogitRows::All => *seq,
+                LogitRows::Last => 1,
+            };
+            outputs.push(ForwardOutput {
+                logits: rows_iter.by_ref().take(n).collect(),
+                attention,
+            });
+        }
+        Ok(outputs)
     }
 
     /// Gather embedding rows on the host: `[seq, hidden]`.
