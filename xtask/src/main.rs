@@ -166,10 +166,31 @@ fn ci(no_install: bool) -> Result<()> {
     // The wgpu tests run on whatever Vulkan driver exists; on a machine without a GPU that is
     // Mesa's lavapipe, which needs a runtime dir.
     test.env("HLM_TEST_WGPU", "1");
+    // The split between two network namespaces shaped by tc needs root and iproute2.
+    if netns_available() {
+        test.env("HLM_TEST_NETNS", "1");
+    } else {
+        eprintln!("note: not root or no `ip netns`: the tc-shaped split test will skip");
+    }
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         let dir = std::env::temp_dir().join("hlm-xdg-runtime");
         std::fs::create_dir_all(&dir).context("cannot create XDG_RUNTIME_DIR")?;
         test.env("XDG_RUNTIME_DIR", dir);
     }
     status(test, "cargo test --workspace")
+}
+
+/// Whether this process may create network namespaces (root with iproute2 and tc).
+fn netns_available() -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tools = ["ip", "tc"].iter().all(|t| {
+        std::process::Command::new(t)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    root && tools
 }

@@ -65,10 +65,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .spawn(listener)
         .context("cannot start the server threads")?;
     eprintln!(
-        "hlm serve: {} on {} (protocol v{}, vocab {}, max context {}, up to {} sessions)",
-        info.model,
+        "hlm serve: listening on {} (protocol v{}); {}; vocab {}, max context {}, up to {} sessions",
         handle.addr(),
         hlm_net::wire::PROTOCOL_VERSION,
+        info.model,
         info.vocab_size,
         info.max_context,
         info.max_sessions

@@ -402,3 +402,112 @@ fn switching_profiles_changes_costs_as_the_formulas_say() {
     assert_eq!(a["uplink_bits"], b["uplink_bits"]);
     assert_ne!(f(&a, "time_s", "uplink"), f(&b, "time_s", "uplink"));
 }
+
+/// `hlm serve` and `hlm run` with `type = "remote"` in two processes give the tokens of the
+/// same pipeline in one process.
+#[test]
+fn serve_and_remote_run_match_the_local_run() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &server_cfg,
+        format!(
+            "[model]\ntype = \"transformer\"\nmodel = {:?}\n[limits]\nmax_sessions = 4\n",
+            fixtures().join("tiny-qwen2").display().to_string()
+        ),
+    )
+    .expect("write");
+    /// Kills the server however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_hlm"))
+            .args(["serve", "--config"])
+            .arg(&server_cfg)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hlm serve starts"),
+    );
+    let stderr = server.0.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let banner = lines
+        .next()
+        .expect("a banner line")
+        .expect("readable banner");
+    let addr = banner
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_string();
+    assert!(
+        banner.contains("protocol v1") && banner.contains("vocab 64"),
+        "{banner}"
+    );
+    let local = write_config(
+        dir.path(),
+        "type = \"always\"",
+        "type = \"dense\"\nbits = 8",
+    );
+    let text = std::fs::read_to_string(&local).expect("read");
+    let verifier_start = text.find("[verifier]").expect("verifier table");
+    let verifier_end = text.find("[upload]").expect("upload table");
+    let remote_text = format!(
+        "{}[verifier]\ntype = \"remote\"\naddress = \"0.0.0.0:1\"\n{}",
+        &text[..verifier_start],
+        &text[verifier_end..]
+    );
+    let remote = dir.path().join("remote.toml");
+    std::fs::write(&remote, remote_text).expect("write");
+    let a = run_json(&local, &[]);
+    let set = format!("verifier.address={addr}");
+    let b = run_json(&remote, &["--set", &set]);
+    drop(server);
+    assert_eq!(a["generated_ids"], b["generated_ids"]);
+    assert_eq!(a["kinds"], b["kinds"]);
+    assert_eq!(a["uplink_bits"], b["uplink_bits"]);
+    assert_eq!(b["verifier_faults"], 0);
+}
+
+#[test]
+fn serve_reports_bad_configs_and_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\ntype = \"transformer\"\nmodel = \"/nonexistent/model\"\n",
+    )
+    .expect("write");
+    let o = hlm(&["serve", "--config", &cfg.to_string_lossy()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nonexistent/model"), "{}", stderr(&o));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\ntype = \"transformer\"\nmodel = {:?}\n",
+            fixtures().join("tiny-qwen2").display().to_string()
+        ),
+    )
+    .expect("write");
+    let o = hlm(&[
+        "serve",
+        "--config",
+        &cfg.to_string_lossy(),
+        "--listen",
+        "not-an-address",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot listen on not-an-address"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -266,3 +266,36 @@ fn a_slow_server_times_out_and_the_run_goes_on() {
         c.sessions_begun.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
+
+/// With `emulate_link`, the client holds every message for the link's airtime of its bytes: a
+/// run over a modelled 100 kbit/s link takes at least the link time the model charges it
+/// (the wire carries the payloads bit-exactly plus framing, so slightly more).
+#[test]
+fn link_emulation_makes_the_wall_clock_follow_the_link_model() {
+    let server = start_server(ServerLimits::default());
+    let addr = server.addr().to_string();
+    let slow_link = "generation.max_new_tokens=10";
+    let make = |emulate: bool| {
+        config(
+            &remote_verifier(&addr, &format!("emulate_link = {emulate}")),
+            "type = \"always\"",
+            "type = \"dense\"\nbits = 32",
+            "",
+        )
+        .replace("uplink_bps = 2e6", "uplink_bps = 1e5")
+    };
+    let plain = run(&make(false), &[slow_link.to_string()]);
+    let emulated = run(&make(true), &[slow_link.to_string()]);
+    assert_eq!(plain.generated_ids, emulated.generated_ids);
+    let s = &emulated.stats;
+    let modelled = s.time_s.uplink + s.time_s.downlink;
+    // 10 dense 32-bit uploads of 64 probabilities at 100 kbit/s: about 0.2 s of airtime.
+    assert!(modelled > 0.2, "{modelled}");
+    let added = s.wall_s - plain.stats.wall_s;
+    eprintln!(
+        "emulation: modelled link time {modelled:.3} s; wall {:.3} s emulated vs {:.3} s plain",
+        s.wall_s, plain.stats.wall_s
+    );
+    assert!(s.wall_s >= modelled, "{} < {modelled}", s.wall_s);
+    assert!(added >= 0.9 * modelled, "emulation added only {added:.3} s");
+}
