@@ -55,6 +55,11 @@ pub struct RemoteVerifierSpec {
     /// Hold each message for the airtime the pipeline's `[link]` gives for its exact bytes.
     #[serde(default)]
     pub emulate_link: bool,
+    /// The server's model must be this one: a text its description contains (e.g. the file
+    /// or catalogue name `qwen2.5-coder-1.5b`); checked at every connection. Vocabulary and
+    /// tokenizer are always checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_model: Option<String>,
 }
 
 fn default_connect_timeout() -> f64 {
@@ -84,6 +89,7 @@ impl RemoteVerifierSpec {
             retry_delay_s: default_retry_delay(),
             reconnect_interval_s: default_reconnect_interval(),
             emulate_link: false,
+            expect_model: None,
         }
     }
 
@@ -134,6 +140,14 @@ impl VerifierSpec for RemoteVerifierSpec {
 struct Connection {
     reader: BufReader<TcpStream>,
     writer: BufWriter<TcpStream>,
+}
+
+/// Why a connection could not be made.
+enum ConnectError {
+    /// Network or server down: retry later.
+    Unreachable(String),
+    /// The server serves another model than `expect_model`: never retry.
+    WrongModel(String),
 }
 
 /// Why one exchange failed.
@@ -193,13 +207,17 @@ impl RemoteVerifier {
             emulator,
             bytes: (0, 0),
         };
-        if let Err(e) = v.ensure_connection() {
-            tracing::warn!(
-                "verifier server {} unreachable, starting on the draft model alone: {e}",
-                v.addr
-            );
+        match v.ensure_connection() {
+            Ok(()) => Ok(v),
+            Err(ConnectError::WrongModel(e)) => Err(HlmError::Incompatible(e)),
+            Err(ConnectError::Unreachable(e)) => {
+                tracing::warn!(
+                    "verifier server {} unreachable, starting on the draft model alone: {e}",
+                    v.addr
+                );
+                Ok(v)
+            }
         }
-        Ok(v)
     }
 
     /// What the server said about itself, once it has answered.
@@ -288,7 +306,7 @@ impl RemoteVerifier {
     }
 
     /// Connect and say hello, unless connected.
-    fn ensure_connection(&mut self) -> std::result::Result<(), String> {
+    fn ensure_connection(&mut self) -> std::result::Result<(), ConnectError> {
         if self.conn.is_some() {
             return Ok(());
         }
@@ -296,24 +314,35 @@ impl RemoteVerifier {
             Ok(c) => c,
             Err(e) => {
                 self.down_since = Some(Instant::now());
-                return Err(e);
+                return Err(ConnectError::Unreachable(e));
             }
         };
         self.conn = Some(conn);
         match self.exchange(&Request::Hello) {
             Ok(Response::Info(info)) => {
                 tracing::info!("verifier server {}: {}", self.addr, info.model);
+                if let Some(want) = self.spec.expect_model.clone()
+                    && !info.model.contains(want.as_str())
+                {
+                    self.drop_connection();
+                    return Err(ConnectError::WrongModel(format!(
+                        "the server at {} serves {}, not the expected model {want:?}",
+                        self.addr, info.model
+                    )));
+                }
                 self.info = Some(info);
                 self.down_since = None;
                 Ok(())
             }
             Ok(other) => {
                 self.drop_connection();
-                Err(format!("the server answered Hello with {other:?}"))
+                Err(ConnectError::Unreachable(format!(
+                    "the server answered Hello with {other:?}"
+                )))
             }
             Err(Failure::Unreachable(e)) | Err(Failure::Refused(_, e)) => {
                 self.drop_connection();
-                Err(e)
+                Err(ConnectError::Unreachable(e))
             }
         }
     }
@@ -339,8 +368,10 @@ impl RemoteVerifier {
                 t.elapsed().as_secs_f64()
             )));
         }
-        self.ensure_connection()
-            .map_err(HlmError::VerifierUnavailable)?;
+        self.ensure_connection().map_err(|e| match e {
+            ConnectError::Unreachable(e) => HlmError::VerifierUnavailable(e),
+            ConnectError::WrongModel(e) => HlmError::Incompatible(e),
+        })?;
         let params = self
             .params
             .ok_or_else(|| HlmError::Verifier("verify before begin".into()))?;

@@ -299,3 +299,32 @@ fn link_emulation_makes_the_wall_clock_follow_the_link_model() {
     assert!(s.wall_s >= modelled, "{} < {modelled}", s.wall_s);
     assert!(added >= 0.9 * modelled, "emulation added only {added:.3} s");
 }
+
+#[test]
+fn a_server_with_another_model_is_refused_by_name() {
+    let server = start_server(ServerLimits::default());
+    let text = config(
+        &remote_verifier(
+            &server.addr().to_string(),
+            "expect_model = \"qwen2.5-coder-1.5b\"",
+        ),
+        "type = \"always\"",
+        "type = \"dense\"",
+        "",
+    );
+    link();
+    let cfg = hlm_core::PipelineConfig::parse(&text, "test", &[]).expect("parses");
+    let ctx = hlm_core::BuildContext {
+        device: "cpu".into(),
+        models_dir: None,
+        link_toml: None,
+    };
+    let e = hlm_core::Pipeline::from_config(cfg, &ctx)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("tiny-qwen2") && e.contains("qwen2.5-coder-1.5b"),
+        "{e}"
+    );
+}

@@ -132,10 +132,16 @@ impl Transformer {
         origin: &Path,
     ) -> Self {
         let cfg = network.config();
-        let name = origin.file_name().map_or_else(
+        // The folder names the model when the file has a generic name (`<name>/model.gguf`
+        // in the models folder); clients match on it (`expect_model`).
+        let file = origin.file_name().map_or_else(
             || origin.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
+        let name = match origin.parent().and_then(|p| p.file_name()) {
+            Some(parent) if origin.is_file() => format!("{}/{file}", parent.to_string_lossy()),
+            _ => file,
+        };
         let description = format!(
             "{name} ({:?}, {} layers, hidden {}, {}/{} heads, vocab {}) on {:?}",
             cfg.family,
