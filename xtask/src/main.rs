@@ -144,6 +144,14 @@ fn ci(no_install: bool) -> Result<()> {
         let mut c = Command::new("bash");
         c.arg("scripts/install-system-deps.sh");
         status(c, "scripts/install-system-deps.sh")?;
+        // The BERTScore test compares with bert-score on the real encoder (90 MB, verified
+        // by SHA-256; a no-op once fetched).
+        let cat = hlm_core::registry::Catalogue::builtin()?;
+        if let Err(e) = fetch::fetch(cat.get("all-minilm-l6-v2")?) {
+            eprintln!(
+                "warning: cannot fetch all-minilm-l6-v2, the BERTScore test will skip: {e:#}"
+            );
+        }
     }
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);

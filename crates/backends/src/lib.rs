@@ -8,6 +8,7 @@
 //! - [`transformer::Transformer`] (`type = "transformer"`): LLaMA/Qwen2 decoders on burn,
 //!   loaded from GGUF or safetensors; usable as draft and as target model.
 
+pub mod bert;
 pub mod gguf;
 pub mod transformer;
 pub mod verifier;

@@ -120,7 +120,7 @@ impl WeightStore {
     /// Load `name` as `f32` values of the HF shape `shape`; a different shape is an error.
     pub fn load(&self, name: TensorName, shape: &[usize]) -> Result<Vec<f32>> {
         match self {
-            WeightStore::Safetensors(s) => s.load(&name.hf(), shape),
+            WeightStore::Safetensors(s) => s.load_named(&name.hf(), shape),
             WeightStore::Gguf(g) => load_gguf(g, &name.gguf(), shape),
         }
     }
@@ -185,7 +185,9 @@ impl SafetensorsFiles {
         })
     }
 
-    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// Load the tensor `name` as `f32` values of shape `shape` (F32, F16 or BF16 on disk); a
+    /// missing tensor or another shape is an error naming the file.
+    pub fn load_named(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let &file_ix = self.index.get(name).ok_or_else(|| {
             let files: Vec<String> = self
                 .files

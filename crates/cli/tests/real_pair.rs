@@ -1,0 +1,83 @@
+//! Properties of the paper's filter on the real Qwen2.5-Coder pair (0.5B drafts, 1.5B
+//! verifies). Needs the fetched models (`cargo xtask models fetch qwen2.5-coder-0.5b-instruct
+//! qwen2.5-coder-1.5b-instruct`) and several minutes of CPU, so it is ignored by default:
+//!
+//! `cargo test --workspace -p hlm-cli --test real_pair -- --ignored --nocapture`
+
+use std::path::Path;
+
+use hlm_core::{BuildContext, PipelineConfig, UploadRule};
+
+fn rule(max_risk: f64, lambda: f64) -> Box<dyn UploadRule> {
+    let text = format!(
+        r#"type = "token_filter"
+combine = "and"
+[uncertainty.estimator]
+type = "temperature_perturbation"
+samples = 20
+theta_max = 2.0
+[uncertainty.threshold]
+type = "risk_bound"
+a = 0.815
+b = -0.066
+max_risk = {max_risk:?}
+[importance.scorer]
+type = "attention"
+layers = "last"
+heads = "mean"
+exclude_sink = true
+[importance.threshold]
+type = "mean_std"
+lambda = {lambda:?}
+"#
+    );
+    toml::from_str(&text).expect("upload rule")
+}
+
+/// Raising either knob of the paper's filter (the risk bound of the uncertainty condition,
+/// λ of the adaptive importance threshold) never raises the upload rate.
+#[test]
+#[ignore = "needs the fetched Qwen pair and minutes of CPU; run with --ignored"]
+fn raising_each_knob_lowers_the_upload_rate() {
+    hlm_cli::link_builtin_plugins();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cfg = PipelineConfig::load(
+        &root.join("configs/iu-hlm.toml"),
+        &["generation.max_new_tokens=24".to_string()],
+    )
+    .expect("configs/iu-hlm.toml");
+    let ctx = BuildContext {
+        device: "cpu".into(),
+        models_dir: Some(hlm_core::registry::models_dir()),
+        link_toml: None,
+    };
+    let mut p = hlm_core::Pipeline::from_config(cfg, &ctx).expect("the Qwen pair (fetched?)");
+    let tok = p.tokenizer.clone().expect("a tokenizer");
+    let prompts: Vec<Vec<u32>> = ["def fibonacci(n):", "Explain what a hash map is."]
+        .iter()
+        .map(|t| tok.encode(t).expect("encode"))
+        .collect();
+    let mut rate = |max_risk: f64, lambda: f64| {
+        p.upload = Some(rule(max_risk, lambda));
+        let (mut uploads, mut drafted) = (0u64, 0u64);
+        for prompt in &prompts {
+            let r = p.generate(prompt, &mut |_| {}).expect("run");
+            uploads += r.stats.uploads;
+            drafted += r.stats.drafted;
+        }
+        let rate = uploads as f64 / drafted as f64;
+        eprintln!(
+            "max_risk {max_risk:.2}  lambda {lambda:.2}: upload rate {rate:.3} ({uploads}/{drafted})"
+        );
+        rate
+    };
+    let by_risk: Vec<f64> = [0.0, 0.1, 0.2].iter().map(|&r| rate(r, 0.0)).collect();
+    let by_lambda: Vec<f64> = [0.0, 0.5, 1.0].iter().map(|&l| rate(0.0, l)).collect();
+    for (name, rates) in [("max_risk", &by_risk), ("lambda", &by_lambda)] {
+        assert!(
+            rates.windows(2).all(|w| w[1] <= w[0]),
+            "raising {name} raised the upload rate: {rates:?}"
+        );
+        assert!(rates[2] < rates[0], "{name} had no effect: {rates:?}");
+    }
+}
