@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod calibrate;
 mod config_cmd;
 mod generate;
@@ -44,6 +45,7 @@ Examples:
   hlm run --config configs/u-hlm.toml --set upload.uncertainty.threshold.max_risk=0.1 --json
   hlm generate --model qwen2.5-coder-0.5b-instruct --prompt 'def quicksort(xs):' --max-new-tokens 40
   hlm calibrate --config configs/u-hlm.toml --prompts prompts/general.jsonl --write u-hlm-cal.toml
+  hlm bench --config configs/hlm.toml --prompts prompts/general.jsonl --max-new-tokens 32
   hlm serve --config configs/server.toml --listen 0.0.0.0:7070
   hlm run --config configs/remote-iu-hlm.toml --prompt 'def add(a, b):' --set verifier.address=HOST:7070
   hlm config check configs/*.toml
@@ -55,6 +57,8 @@ enum Command {
     Run(run::RunArgs),
     /// Plain single-model generation (no verifier): what to run first.
     Generate(generate::GenerateArgs),
+    /// Run methods × prompts and write the comparison table (BERTScore, uploads, energy...).
+    Bench(bench::BenchArgs),
     /// Fit the uncertainty/rejection line of a pipeline and derive its thresholds.
     Calibrate(calibrate::CalibrateArgs),
     /// Serve the target model to devices over the network (the split's server side).
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Generate(a) => generate::generate(a),
         Command::Calibrate(a) => calibrate::calibrate(a),
+        Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
         Command::Config(c) => config_cmd::config(c),
         Command::Models(c) => models::models(c),

@@ -511,3 +511,113 @@ fn serve_reports_bad_configs_and_addresses() {
         stderr(&o)
     );
 }
+
+/// `hlm bench` on the tiny fixtures: four methods, two prompts, the files and the table.
+#[test]
+fn bench_runs_every_method_on_every_prompt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = write_config(
+        dir.path(),
+        "type = \"always\"",
+        "type = \"dense\"\nbits = 8",
+    );
+    let text = std::fs::read_to_string(&base).expect("read");
+    let (head, tail) = text.split_at(text.find("[upload]").expect("upload"));
+    let tail = &tail[tail.find("[link]").expect("link")..];
+    let method = |name: &str, body: &str| {
+        std::fs::write(
+            dir.path().join(format!("{name}.toml")),
+            format!("{head}{body}\n{tail}")
+                .replace("name = \"tiny\"", &format!("name = \"{name}\"")),
+        )
+        .expect("write");
+    };
+    method(
+        "hlm",
+        "[upload]\ntype = \"always\"\n[codec]\ntype = \"dense\"\nbits = 8",
+    );
+    method(
+        "random",
+        "[upload]\ntype = \"random\"\nskip_rate = 0.5\n[codec]\ntype = \"top_k\"\nk = 8",
+    );
+    // SLM-only and LLM-only: drop the other model.
+    let without = |t: &str, table: &str, next: &str| {
+        let a = t.find(table).expect("table");
+        let b = t.find(next).expect("next");
+        format!("{}{}", &t[..a], &t[b..])
+    };
+    std::fs::write(
+        dir.path().join("slm.toml"),
+        without(&text, "[verifier]", "[upload]").replace("name = \"tiny\"", "name = \"slm\""),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("llm.toml"),
+        without(&text, "[draft]", "[verifier]").replace("name = \"tiny\"", "name = \"llm\""),
+    )
+    .expect("write");
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "1,5,17,33\n2,9\n").expect("write");
+    let out = dir.path().join("out");
+    let o = hlm(&[
+        "bench",
+        "-c",
+        &base.to_string_lossy(),
+        "--prompts",
+        &prompts.to_string_lossy(),
+        "--methods",
+        "slm,llm,hlm,random",
+        "--no-bertscore",
+        "-n",
+        "8",
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = std::fs::read_to_string(out.join("table.md")).expect("table.md");
+    assert_eq!(table.lines().count(), 2 + 4, "{table}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).expect("results.csv");
+    assert_eq!(csv.lines().count(), 1 + 4 * 2, "{csv}");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
+            .expect("JSON");
+    let summary = |m: &str| {
+        v["summary"]
+            .as_array()
+            .expect("summary")
+            .iter()
+            .find(|s| s["method"] == m)
+            .unwrap_or_else(|| panic!("no {m} in {v}"))
+            .clone()
+    };
+    assert_eq!(summary("llm")["token_agreement"], 1.0);
+    assert_eq!(summary("hlm")["upload_rate"], 1.0);
+    assert_eq!(summary("slm")["upload_rate"], 0.0);
+    assert_eq!(summary("hlm")["energy_saving_vs_hlm"], 0.0);
+    assert_eq!(summary("random")["generated_tokens"], 16);
+    let r = summary("random")["upload_rate"].as_f64().expect("rate");
+    assert!(r > 0.0 && r < 1.0, "{r}");
+    // The per-run records agree with a plain `hlm run` of the same method and seed.
+    let single = run_json(&dir.path().join("hlm.toml"), &["-n", "8"]);
+    let first = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["method"] == "hlm" && r["prompt"] == "line-1")
+        .expect("hlm on prompt 1")
+        .clone();
+    assert_eq!(first["generated_ids"], single["generated_ids"]);
+    // An unknown method names the file it looked for.
+    let o = hlm(&[
+        "bench",
+        "-c",
+        &base.to_string_lossy(),
+        "--prompts",
+        &prompts.to_string_lossy(),
+        "--methods",
+        "nope",
+        "--no-bertscore",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nope.toml"), "{}", stderr(&o));
+}

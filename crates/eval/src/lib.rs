@@ -2,8 +2,11 @@
 //!
 //! Judging a pipeline's output: [`bertscore`] (BERTScore precision, recall and F1 with greedy
 //! cosine matching of contextual token embeddings from a BERT encoder on burn, optional IDF
-//! weighting), validated against the `bert-score` Python package.
+//! weighting), validated against the `bert-score` Python package; [`bench`] (every method on
+//! every prompt with shared models and seeds, per-method summaries, the paper's table, CSV).
 
+pub mod bench;
 pub mod bertscore;
 
+pub use bench::{BenchPrompt, BenchResults, MethodSummary, ModelPool, PromptResult};
 pub use bertscore::{BertScore, BertScorer, IdfWeights};

@@ -96,10 +96,21 @@ pub fn method_name(p: &Pipeline) -> &'static str {
     }
 }
 
+/// The models of a pipeline: the draft model and the verifier, each present or not.
+pub type Models = (Option<Box<dyn DraftModel>>, Option<Box<dyn Verifier>>);
+
 impl Pipeline {
     /// Build every component of a configuration.
     pub fn from_config(cfg: PipelineConfig, ctx: &BuildContext) -> Result<Self> {
         cfg.validate()?;
+        let (draft, verifier) = Self::build_models(&cfg, ctx)?;
+        Self::with_models(cfg, draft, verifier)
+    }
+
+    /// Build the draft model and verifier of a configuration (what [`Pipeline::from_config`]
+    /// does first); with [`Pipeline::with_models`] and [`Pipeline::into_models`] a program can
+    /// load models once and run several configurations on them.
+    pub fn build_models(cfg: &PipelineConfig, ctx: &BuildContext) -> Result<Models> {
         let mut ctx = ctx.clone();
         if let Some(link) = &cfg.link {
             ctx.link_toml = Some(toml::to_string(link).map_err(|e| {
@@ -115,6 +126,24 @@ impl Pipeline {
             Some(spec) => Some(spec.build(ctx)?),
             None => None,
         };
+        Ok((draft, verifier))
+    }
+
+    /// A pipeline of `cfg` on models already loaded (they must be what `cfg.draft` and
+    /// `cfg.verifier` describe; their presence must match).
+    pub fn with_models(
+        cfg: PipelineConfig,
+        draft: Option<Box<dyn DraftModel>>,
+        verifier: Option<Box<dyn Verifier>>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if draft.is_some() != cfg.draft.is_some() || verifier.is_some() != cfg.verifier.is_some() {
+            return Err(HlmError::invalid(
+                "draft / verifier",
+                "given models",
+                "the models given do not match the [draft] and [verifier] of the config",
+            ));
+        }
         let tokenizer = draft
             .as_ref()
             .and_then(|d| d.tokenizer())
@@ -134,6 +163,11 @@ impl Pipeline {
         };
         pipeline.check_compatible()?;
         Ok(pipeline)
+    }
+
+    /// Take the models back (to run another configuration on them).
+    pub fn into_models(self) -> Models {
+        (self.draft, self.verifier)
     }
 
     /// The draft and target must share the vocabulary (and the tokenizer, when both know one).
