@@ -1,11 +1,10 @@
 //! `hlm generate`: one model, no verifier: plain generation, streamed.
 
-use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use hlm_core::{PipelineConfig, StreamDecoder, TokenEvent};
+use hlm_core::{PipelineConfig, TokenEvent};
 use serde_json::json;
 
 use crate::output;
@@ -49,23 +48,17 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let (mut pipeline, load_s) = build_pipeline(cfg, &ctx, !args.json)?;
     let tokenizer = pipeline.tokenizer.clone();
     let prompt = args.prompt.token_ids(tokenizer.as_deref())?;
-    let mut decoder = StreamDecoder::default();
-    let mut stdout = std::io::stdout();
+    let mut text_stream = output::TextStream::new(tokenizer.as_deref());
     let mut first_token_s = None;
     let t0 = Instant::now();
     let mut on_token = |e: &TokenEvent| {
         first_token_s.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-        if args.json {
-            return;
-        }
-        if let Some(t) = &tokenizer
-            && let Ok(p) = decoder.push(t.as_ref(), e.id)
-        {
-            let _ = write!(stdout, "{p}");
-            let _ = stdout.flush();
+        if !args.json {
+            text_stream.push(e.id);
         }
     };
     let report = pipeline.generate(&prompt, &mut on_token)?;
+    text_stream.finish()?;
     let text = output::decode(tokenizer.as_deref(), &report.generated_ids)?;
     let s = &report.stats;
     if args.json {

@@ -1,6 +1,8 @@
 //! What a run prints: streamed text, a readable summary, the JSON line, the decision table.
 
-use hlm_core::{RunReport, TextTokenizer, TokenKind};
+use std::io::Write;
+
+use hlm_core::{HlmError, RunReport, StreamDecoder, TextTokenizer, TokenId, TokenKind};
 use serde_json::{Value, json};
 
 /// Decode ids to text when a tokenizer is known (empty otherwise).
@@ -52,4 +54,47 @@ pub fn decision_table(
         s += &format!("{i:>3} {id:>7}  {kind:<9}  {piece:?}\n");
     }
     Ok(s)
+}
+
+/// Streams generated tokens to stdout as text while a run goes on (`hlm run`, `hlm generate`).
+/// A decoding error stops the stream and is kept, to be reported once the run is over.
+pub struct TextStream<'a> {
+    tokenizer: Option<&'a dyn TextTokenizer>,
+    decoder: StreamDecoder,
+    error: Option<HlmError>,
+}
+
+impl<'a> TextStream<'a> {
+    /// Without a tokenizer the ids are printed as `[id]`.
+    pub fn new(tokenizer: Option<&'a dyn TextTokenizer>) -> Self {
+        TextStream {
+            tokenizer,
+            decoder: StreamDecoder::default(),
+            error: None,
+        }
+    }
+
+    /// Print the text `id` completes (multi-byte characters wait for their last token).
+    pub fn push(&mut self, id: TokenId) {
+        if self.error.is_some() {
+            return;
+        }
+        let piece = match self.tokenizer {
+            Some(t) => self.decoder.push(t, id),
+            None => Ok(format!("[{id}] ")),
+        };
+        match piece {
+            Ok(p) => {
+                let mut out = std::io::stdout();
+                let _ = write!(out, "{p}");
+                let _ = out.flush();
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// The decoding error, if one stopped the stream.
+    pub fn finish(self) -> Result<(), HlmError> {
+        self.error.map_or(Ok(()), Err)
+    }
 }

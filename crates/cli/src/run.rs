@@ -1,12 +1,11 @@
 //! `hlm run`: one pipeline, one prompt.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hlm_core::{BuildContext, Pipeline, PipelineConfig, StreamDecoder, TokenEvent, method_name};
+use hlm_core::{BuildContext, Pipeline, PipelineConfig, TokenEvent, method_name};
 
 use crate::output;
 use crate::prompt::PromptArgs;
@@ -142,23 +141,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     let prompt = args.prompt.token_ids(tokenizer.as_deref())?;
 
     let stream = !args.json && !args.quiet;
-    let mut decoder = StreamDecoder::default();
-    let mut stdout = std::io::stdout();
-    let mut stream_error = None;
+    let mut text_stream = output::TextStream::new(tokenizer.as_deref());
     let mut on_token = |e: &TokenEvent| {
-        if !stream || stream_error.is_some() {
-            return;
-        }
-        let piece = match &tokenizer {
-            Some(t) => decoder.push(t.as_ref(), e.id),
-            None => Ok(format!("[{}] ", e.id)),
-        };
-        match piece {
-            Ok(p) => {
-                let _ = write!(stdout, "{p}");
-                let _ = stdout.flush();
-            }
-            Err(err) => stream_error = Some(err),
+        if stream {
+            text_stream.push(e.id);
         }
     };
     let meters = args.measure_energy.then(hlm_energy::Meters::open_all);
@@ -169,9 +155,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => (pipeline.generate(&prompt, &mut on_token)?, Vec::new()),
     };
-    if let Some(e) = stream_error {
-        return Err(e.into());
-    }
+    text_stream.finish()?;
     let text = output::decode(tokenizer.as_deref(), &report.generated_ids)?;
     let method = method_name(&pipeline);
     let baseline = match &args.baseline {
