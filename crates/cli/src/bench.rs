@@ -8,6 +8,7 @@ use clap::Args;
 use hlm_core::PipelineConfig;
 use hlm_eval::BertScorer;
 use hlm_eval::bench::{self, Progress};
+use hlm_eval::{BenchResults, PromptResult};
 
 use crate::prompts::load_prompt_set;
 use crate::run::OverrideArgs;
@@ -63,9 +64,109 @@ pub struct BenchArgs {
     /// Skip BERTScore (no encoder needed).
     #[arg(long)]
     pub no_bertscore: bool,
+    /// Sweep a config key over START, START+STEP, ... ≤ STOP, e.g.
+    /// `upload.importance.threshold.lambda=0:1:0.5` or `link.bandwidth_hz=5e6:20e6:5e6`.
+    /// Repeatable (the grid of all combinations). Keys of [generation], [link], [energy] and
+    /// `device` change the base (every method reruns); other keys change the methods whose
+    /// config has them, and the others run once and are reused at every point.
+    #[arg(long = "sweep", value_name = "KEY=START:STOP:STEP")]
+    pub sweep: Vec<String>,
 }
 
-fn method_config(dir: &Path, name: &str, base: &PipelineConfig) -> Result<PipelineConfig> {
+/// One sweep: a key and its values.
+fn parse_sweep(s: &str) -> Result<(String, Vec<f64>)> {
+    let bad =
+        || anyhow::anyhow!("--sweep {s:?}: expected KEY=START:STOP:STEP with numbers, STEP > 0");
+    let (key, range) = s.split_once('=').ok_or_else(bad)?;
+    let parts: Vec<f64> = range
+        .split(':')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad())?;
+    let [start, stop, step] = parts[..] else {
+        return Err(bad());
+    };
+    if !(step > 0.0 && step.is_finite() && start.is_finite() && stop >= start) {
+        return Err(bad());
+    }
+    let n = ((stop - start) / step + 1e-9).floor() as usize + 1;
+    if n > 1000 {
+        bail!("--sweep {s:?}: {n} points is too many (at most 1000)");
+    }
+    Ok((
+        key.trim().to_string(),
+        (0..n).map(|i| start + i as f64 * step).collect(),
+    ))
+}
+
+/// Every combination of the sweeps' values (one empty point without sweeps).
+fn grid(sweeps: &[(String, Vec<f64>)]) -> Vec<Vec<(String, f64)>> {
+    let mut points = vec![Vec::new()];
+    for (key, values) in sweeps {
+        points = points
+            .into_iter()
+            .flat_map(|p| {
+                values.iter().map(move |&v| {
+                    let mut q = p.clone();
+                    q.push((key.clone(), v));
+                    q
+                })
+            })
+            .collect();
+    }
+    points
+}
+
+/// The value at the dotted `key` of a config's table.
+fn lookup<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+    let (parents, last) = match key.rsplit_once('.') {
+        Some((p, l)) => (Some(p), l),
+        None => (None, key),
+    };
+    let mut cur = table;
+    for part in parents.into_iter().flat_map(|p| p.split('.')) {
+        match cur.get(part) {
+            Some(toml::Value::Table(t)) => cur = t,
+            _ => return None,
+        }
+    }
+    cur.get(last)
+}
+
+/// Whether the dotted `key` exists in a config's table.
+fn has_key(table: &toml::Table, key: &str) -> bool {
+    lookup(table, key).is_some()
+}
+
+/// `key=value` for an override, as an integer where the config holds an integer (sample
+/// counts, token limits), else as a float.
+fn assignment(table: &toml::Table, key: &str, v: f64) -> String {
+    match lookup(table, key) {
+        Some(toml::Value::Integer(_)) if v.fract() == 0.0 => format!("{key}={}", v as i64),
+        _ => format!("{key}={v:?}"),
+    }
+}
+
+fn as_table(cfg: &PipelineConfig) -> Result<toml::Table> {
+    Ok(cfg.to_toml()?.parse::<toml::Table>()?)
+}
+
+const BASE_SECTIONS: [&str; 4] = ["generation", "link", "energy", "device"];
+
+fn point_label(point: &[(String, f64)]) -> String {
+    point
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn method_config(
+    dir: &Path,
+    name: &str,
+    base: &PipelineConfig,
+    overrides: &[String],
+) -> Result<PipelineConfig> {
     let path = dir.join(format!("{name}.toml"));
     if !path.is_file() {
         bail!(
@@ -73,7 +174,7 @@ fn method_config(dir: &Path, name: &str, base: &PipelineConfig) -> Result<Pipeli
             path.display()
         );
     }
-    let mut cfg = PipelineConfig::load(&path, &[])?;
+    let mut cfg = PipelineConfig::load(&path, overrides)?;
     cfg.generation = base.generation.clone();
     cfg.device = base.device.clone();
     cfg.link = base.link.as_ref().map(round_trip).transpose()?;
@@ -94,22 +195,38 @@ where
 
 /// `hlm bench`.
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let base = PipelineConfig::load(&args.config, &args.overrides.to_overrides())?;
+    let sweeps = args
+        .sweep
+        .iter()
+        .map(|s| parse_sweep(s))
+        .collect::<Result<Vec<_>>>()?;
+    let base0 = PipelineConfig::load(&args.config, &args.overrides.to_overrides())?;
+    let base_table = as_table(&base0)?;
+    let is_base_key = |k: &str| {
+        BASE_SECTIONS.contains(&k.split('.').next().unwrap_or("")) && has_key(&base_table, k)
+    };
     let dir = args.method_dir.clone().unwrap_or_else(|| {
         args.config
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     });
-    let methods = args
-        .methods
-        .iter()
-        .map(|m| Ok((m.clone(), method_config(&dir, m, &base)?)))
-        .collect::<Result<Vec<_>>>()?;
+    // Which methods each non-base sweep key touches (checked once, before any model loads).
+    let mut method_tables = Vec::new();
+    for m in &args.methods {
+        method_tables.push(as_table(&method_config(&dir, m, &base0, &[])?)?);
+    }
+    for (key, _) in &sweeps {
+        if !is_base_key(key) && !method_tables.iter().any(|t| has_key(t, key)) {
+            bail!(
+                "--sweep {key}: no method config and no [generation]/[link]/[energy] of the base has this key"
+            );
+        }
+    }
     let mut prompts = load_prompt_set(&args.prompts, &args.prompt_field)?;
     if let Some(k) = args.limit {
         prompts.truncate(k);
     }
-    let scorer = if args.no_bertscore {
+    let mut scorer = if args.no_bertscore {
         None
     } else {
         let folder =
@@ -126,7 +243,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             })?,
         )
     };
-    let mut scorer = scorer;
     if let (Some(s), true) = (scorer.as_mut(), args.idf) {
         let refs: Vec<&str> = prompts
             .iter()
@@ -134,8 +250,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             .collect();
         s.set_idf(Some(&refs))?;
     }
-    let ctx = args.overrides.build_context(&base);
-    let total = (methods.len() * prompts.len()) as u64;
+    let points = grid(&sweeps);
+    let total = (points.len() * args.methods.len() * prompts.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -144,26 +260,162 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let results = bench::run(methods, &prompts, &ctx, scorer.as_ref(), &mut |p| match p {
-        Progress::Loading { method } => bar.set_message(format!("{method}: loading models")),
-        Progress::Done { method, prompt } => {
-            bar.set_message(format!("{method}: {prompt}"));
-            bar.inc(1);
+    let ctx = args.overrides.build_context(&base0);
+    let mut session = bench::Bench::new(&prompts, ctx, scorer.as_ref());
+    let mut reusable: Vec<PromptResult> = Vec::new();
+    let mut outcomes: Vec<(String, BenchResults)> = Vec::new();
+    for point in &points {
+        let label = point_label(point);
+        let (base_kv, method_kv): (Vec<_>, Vec<_>) =
+            point.iter().partition(|(k, _)| is_base_key(k));
+        let mut overrides = args.overrides.to_overrides();
+        overrides.extend(base_kv.iter().map(|(k, v)| assignment(&base_table, k, *v)));
+        let base = PipelineConfig::load(&args.config, &overrides)?;
+        let mut to_run = Vec::new();
+        let mut reused = Vec::new();
+        for (m, table) in args.methods.iter().zip(&method_tables) {
+            let kv: Vec<String> = method_kv
+                .iter()
+                .filter(|(k, _)| has_key(table, k))
+                .map(|(k, v)| assignment(table, k, *v))
+                .collect();
+            let cached: Vec<PromptResult> = reusable
+                .iter()
+                .filter(|r| &r.method == m)
+                .cloned()
+                .collect();
+            if base_kv.is_empty() && kv.is_empty() && !cached.is_empty() {
+                bar.inc(cached.len() as u64);
+                reused.extend(cached);
+            } else {
+                to_run.push((m.clone(), method_config(&dir, m, &base, &kv)?));
+            }
         }
-    });
+        let ran_untouched: Vec<String> = to_run
+            .iter()
+            .filter(|(m, _)| {
+                let t = &method_tables[args.methods.iter().position(|x| x == m).unwrap_or(0)];
+                base_kv.is_empty() && !method_kv.iter().any(|(k, _)| has_key(t, k))
+            })
+            .map(|(m, _)| m.clone())
+            .collect();
+        let mut results = session.run_methods(to_run, &mut |p| match p {
+            Progress::Loading { method } => bar.set_message(format!("{label} {method}: loading")),
+            Progress::Done { method, prompt } => {
+                bar.set_message(format!("{label} {method}: {prompt}"));
+                bar.inc(1);
+            }
+        })?;
+        reusable.extend(
+            results
+                .iter()
+                .filter(|r| ran_untouched.contains(&r.method))
+                .cloned(),
+        );
+        results.extend(reused);
+        results.sort_by_key(|r| args.methods.iter().position(|n| *n == r.method));
+        let summary = bench::summarise(&args.methods, &results);
+        outcomes.push((
+            label,
+            BenchResults {
+                methods: args.methods.clone(),
+                results,
+                summary,
+            },
+        ));
+    }
     bar.finish_and_clear();
-    let results = results?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    write_outputs(&args.out, &outcomes, !sweeps.is_empty())
+}
+
+/// results.json, results.csv (or sweep.csv) and table.md.
+fn write_outputs(out: &Path, outcomes: &[(String, BenchResults)], sweep: bool) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let write = |name: &str, text: String| -> Result<()> {
-        let p = args.out.join(name);
+        let p = out.join(name);
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
     };
-    write("results.json", serde_json::to_string_pretty(&results)?)?;
-    write("results.csv", bench::csv(&results.results))?;
-    let table = bench::markdown_table(&results.summary);
+    let mut table = String::new();
+    if sweep {
+        let json: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|(label, r)| serde_json::json!({ "point": label, "bench": r }))
+            .collect();
+        write("results.json", serde_json::to_string_pretty(&json)?)?;
+        let mut csv = String::from(
+            "point,method,bertscore_f1,token_agreement,upload_rate,uplink_bits_per_token,energy_per_token_j,energy_saving_vs_hlm,modelled_tokens_per_s,acceptance_rate\n",
+        );
+        let o = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v}"));
+        for (label, r) in outcomes {
+            table += &format!("### {label}\n\n{}\n", bench::markdown_table(&r.summary));
+            for s in &r.summary {
+                csv += &format!(
+                    "{label},{},{},{},{},{},{},{},{},{}\n",
+                    s.method,
+                    o(s.bertscore_f1),
+                    o(s.token_agreement),
+                    s.upload_rate,
+                    s.uplink_bits_per_token,
+                    s.energy_per_token_total_j,
+                    o(s.energy_saving_vs_hlm),
+                    s.modelled_tokens_per_s,
+                    s.acceptance_rate
+                );
+            }
+        }
+        write("sweep.csv", csv)?;
+    } else if let Some((_, r)) = outcomes.first() {
+        write("results.json", serde_json::to_string_pretty(r)?)?;
+        write("results.csv", bench::csv(&r.results))?;
+        table = bench::markdown_table(&r.summary);
+    }
     write("table.md", table.clone())?;
     println!("{table}");
-    println!("results in {}", args.out.display());
+    println!("results in {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeps_parse_into_inclusive_ranges_and_grids() {
+        let (k, v) = parse_sweep("upload.importance.threshold.lambda=0:1:0.25").unwrap();
+        assert_eq!(k, "upload.importance.threshold.lambda");
+        assert_eq!(v, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+        // A step that does not land on STOP stops before it.
+        assert_eq!(parse_sweep("x=1:2:0.4").unwrap().1.len(), 3);
+        for bad in ["x", "x=1:2", "x=1:2:0", "x=2:1:1", "x=a:b:c", "x=0:1:-1"] {
+            assert!(parse_sweep(bad).is_err(), "{bad}");
+        }
+        assert!(
+            parse_sweep("x=0:1e9:1")
+                .unwrap_err()
+                .to_string()
+                .contains("too many")
+        );
+        let g = grid(&[
+            ("a".into(), vec![1.0, 2.0]),
+            ("b".into(), vec![3.0, 4.0, 5.0]),
+        ]);
+        assert_eq!(g.len(), 6);
+        assert_eq!(g[5], vec![("a".to_string(), 2.0), ("b".to_string(), 5.0)]);
+        assert_eq!(grid(&[]), vec![Vec::<(String, f64)>::new()]);
+    }
+
+    #[test]
+    fn dotted_keys_are_found_only_where_they_exist() {
+        let t: toml::Table = "[upload]\ntype = \"random\"\nskip_rate = 0.5\n[link.x]\ny = 1\n"
+            .parse()
+            .unwrap();
+        assert!(has_key(&t, "upload.skip_rate"));
+        assert!(has_key(&t, "link.x.y"));
+        assert!(!has_key(&t, "upload.lambda"));
+        assert!(!has_key(&t, "upload.skip_rate.deeper"));
+        assert!(!has_key(&t, "codec"));
+        let t: toml::Table = "[u]\nsamples = 20\nlambda = 0.5\n".parse().unwrap();
+        assert_eq!(assignment(&t, "u.samples", 30.0), "u.samples=30");
+        assert_eq!(assignment(&t, "u.lambda", 1.0), "u.lambda=1.0");
+    }
 }

@@ -512,21 +512,16 @@ fn serve_reports_bad_configs_and_addresses() {
     );
 }
 
-/// `hlm bench` on the tiny fixtures: four methods, two prompts, the files and the table.
-#[test]
-fn bench_runs_every_method_on_every_prompt() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base = write_config(
-        dir.path(),
-        "type = \"always\"",
-        "type = \"dense\"\nbits = 8",
-    );
+/// Method configs slm, llm, hlm, random of the fixtures in `dir`, and two id prompts.
+/// Returns the base config and the prompts file.
+fn bench_fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    let base = write_config(dir, "type = \"always\"", "type = \"dense\"\nbits = 8");
     let text = std::fs::read_to_string(&base).expect("read");
     let (head, tail) = text.split_at(text.find("[upload]").expect("upload"));
     let tail = &tail[tail.find("[link]").expect("link")..];
     let method = |name: &str, body: &str| {
         std::fs::write(
-            dir.path().join(format!("{name}.toml")),
+            dir.join(format!("{name}.toml")),
             format!("{head}{body}\n{tail}")
                 .replace("name = \"tiny\"", &format!("name = \"{name}\"")),
         )
@@ -547,17 +542,25 @@ fn bench_runs_every_method_on_every_prompt() {
         format!("{}{}", &t[..a], &t[b..])
     };
     std::fs::write(
-        dir.path().join("slm.toml"),
+        dir.join("slm.toml"),
         without(&text, "[verifier]", "[upload]").replace("name = \"tiny\"", "name = \"slm\""),
     )
     .expect("write");
     std::fs::write(
-        dir.path().join("llm.toml"),
+        dir.join("llm.toml"),
         without(&text, "[draft]", "[verifier]").replace("name = \"tiny\"", "name = \"llm\""),
     )
     .expect("write");
-    let prompts = dir.path().join("prompts.txt");
+    let prompts = dir.join("prompts.txt");
     std::fs::write(&prompts, "1,5,17,33\n2,9\n").expect("write");
+    (base, prompts)
+}
+
+/// `hlm bench` on the tiny fixtures: four methods, two prompts, the files and the table.
+#[test]
+fn bench_runs_every_method_on_every_prompt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (base, prompts) = bench_fixture(dir.path());
     let out = dir.path().join("out");
     let o = hlm(&[
         "bench",
@@ -620,4 +623,68 @@ fn bench_runs_every_method_on_every_prompt() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("nope.toml"), "{}", stderr(&o));
+}
+
+/// `--sweep` over a key of one method: that method runs at every point, the others once.
+#[test]
+fn bench_sweeps_a_method_knob() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (base, prompts) = bench_fixture(dir.path());
+    let out = dir.path().join("sweep");
+    let args = |sweep: &str| {
+        vec![
+            "bench".to_string(),
+            "-c".into(),
+            base.to_string_lossy().into_owned(),
+            "--prompts".into(),
+            prompts.to_string_lossy().into_owned(),
+            "--methods".into(),
+            "hlm,random".into(),
+            "--no-bertscore".into(),
+            "-n".into(),
+            "12".into(),
+            "-o".into(),
+            out.to_string_lossy().into_owned(),
+            "--sweep".into(),
+            sweep.into(),
+        ]
+    };
+    let a = args("upload.skip_rate=0.0:1.0:0.5");
+    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).expect("sweep.csv");
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 3 * 2, "{csv}");
+    let rate = |point: &str, method: &str| -> f64 {
+        rows.iter()
+            .find(|r| r[0] == point && r[1] == method)
+            .unwrap_or_else(|| panic!("{point} {method} in {csv}"))[4]
+            .parse()
+            .expect("rate")
+    };
+    let p = |v: &str| format!("upload.skip_rate={v}");
+    // Skipping nothing uploads everything; skipping everything uploads nothing.
+    assert_eq!(rate(&p("0"), "random"), 1.0);
+    assert_eq!(rate(&p("1"), "random"), 0.0);
+    let half = rate(&p("0.5"), "random");
+    assert!(half > 0.0 && half < 1.0, "{half}");
+    // hlm has no skip_rate: the same results at every point.
+    for v in ["0", "0.5", "1"] {
+        assert_eq!(rate(&p(v), "hlm"), 1.0);
+    }
+    let table = std::fs::read_to_string(out.join("table.md")).expect("table.md");
+    assert_eq!(table.matches("### upload.skip_rate=").count(), 3, "{table}");
+    // A key no config has, and a malformed range, are named.
+    let a = args("upload.nothing=0:1:1");
+    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("upload.nothing"), "{}", stderr(&o));
+    let a = args("upload.skip_rate=1:0:0.5");
+    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("START:STOP:STEP"), "{}", stderr(&o));
 }

@@ -169,23 +169,74 @@ pub fn run(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<BenchResults> {
     let names: Vec<String> = methods.iter().map(|(n, _)| n.clone()).collect();
-    let mut pool = ModelPool::default();
-    let mut results: Vec<PromptResult> = Vec::new();
-    // The LLM-only run first: it is every other method's reference.
-    let mut order: Vec<usize> = (0..methods.len()).collect();
-    order.sort_by_key(|&i| methods[i].0 != "llm");
-    let mut methods: Vec<Option<(String, PipelineConfig)>> =
-        methods.into_iter().map(Some).collect();
-    let mut reference_ids: HashMap<String, Vec<TokenId>> = HashMap::new();
-    let mut reference_text: HashMap<String, String> = HashMap::new();
-    for i in order {
-        let Some((name, cfg)) = methods[i].take() else {
-            continue;
-        };
-        progress(Progress::Loading { method: &name });
-        let (draft_key, verifier_key) = model_keys(&cfg)?;
-        let mut p = pool.pipeline(cfg, ctx)?;
-        for prompt in prompts {
+    let mut bench = Bench::new(prompts, ctx.clone(), scorer);
+    let results = bench.run_methods(methods, progress)?;
+    let summary = summarise(&names, &results);
+    Ok(BenchResults {
+        methods: names,
+        results,
+        summary,
+    })
+}
+
+/// A benchmark session: loaded models and the LLM-only references persist across calls, so a
+/// sweep runs each point on the same models and compares with the same references.
+pub struct Bench<'a> {
+    prompts: &'a [BenchPrompt],
+    ctx: BuildContext,
+    scorer: Option<&'a BertScorer>,
+    pool: ModelPool,
+    reference_ids: HashMap<String, Vec<TokenId>>,
+    reference_text: HashMap<String, String>,
+}
+
+impl<'a> Bench<'a> {
+    pub fn new(
+        prompts: &'a [BenchPrompt],
+        ctx: BuildContext,
+        scorer: Option<&'a BertScorer>,
+    ) -> Self {
+        Bench {
+            prompts,
+            ctx,
+            scorer,
+            pool: ModelPool::default(),
+            reference_ids: HashMap::new(),
+            reference_text: HashMap::new(),
+        }
+    }
+
+    /// Run each method on every prompt (an `llm` method first: it sets the references).
+    /// Results in the order of `methods`.
+    pub fn run_methods(
+        &mut self,
+        methods: Vec<(String, PipelineConfig)>,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Vec<PromptResult>> {
+        let names: Vec<String> = methods.iter().map(|(n, _)| n.clone()).collect();
+        let mut methods = methods;
+        methods.sort_by_key(|(n, _)| n != "llm");
+        let mut results: Vec<PromptResult> = Vec::new();
+        for (name, cfg) in methods {
+            progress(Progress::Loading { method: &name });
+            let (draft_key, verifier_key) = model_keys(&cfg)?;
+            let mut p = self.pool.pipeline(cfg, &self.ctx)?;
+            let outcome = self.run_prompts(&name, &mut p, &mut results, progress);
+            self.pool.give_back(draft_key, verifier_key, p);
+            outcome?;
+        }
+        results.sort_by_key(|r| names.iter().position(|n| *n == r.method));
+        Ok(results)
+    }
+
+    fn run_prompts(
+        &mut self,
+        name: &str,
+        p: &mut Pipeline,
+        results: &mut Vec<PromptResult>,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<()> {
+        for prompt in self.prompts {
             let ids = match &p.tokenizer {
                 Some(t) => t.encode(&prompt.text)?,
                 None => parse_ids(&prompt.text)?,
@@ -196,24 +247,27 @@ pub fn run(
                 None => String::new(),
             };
             if name == "llm" {
-                reference_ids.insert(prompt.id.clone(), report.generated_ids.clone());
-                reference_text.insert(prompt.id.clone(), text.clone());
+                self.reference_ids
+                    .insert(prompt.id.clone(), report.generated_ids.clone());
+                self.reference_text.insert(prompt.id.clone(), text.clone());
             }
-            let token_agreement = reference_ids
+            let token_agreement = self
+                .reference_ids
                 .get(&prompt.id)
                 .map(|r| agreement(&report.generated_ids, r));
-            let reference = reference_text
+            let reference = self
+                .reference_text
                 .get(&prompt.id)
                 .cloned()
                 .or_else(|| prompt.reference.clone());
-            let bertscore = match (scorer, reference) {
+            let bertscore = match (self.scorer, reference) {
                 (Some(s), Some(r)) if !text.trim().is_empty() && !r.trim().is_empty() => {
                     Some(s.score(&text, &r)?)
                 }
                 _ => None,
             };
             results.push(PromptResult {
-                method: name.clone(),
+                method: name.to_string(),
                 prompt: prompt.id.clone(),
                 text,
                 generated_ids: report.generated_ids,
@@ -222,20 +276,12 @@ pub fn run(
                 stats: report.stats,
             });
             progress(Progress::Done {
-                method: &name,
+                method: name,
                 prompt: &prompt.id,
             });
         }
-        pool.give_back(draft_key, verifier_key, p);
+        Ok(())
     }
-    // Results in the order the methods were given.
-    results.sort_by_key(|r| names.iter().position(|n| *n == r.method));
-    let summary = summarise(&names, &results);
-    Ok(BenchResults {
-        methods: names,
-        results,
-        summary,
-    })
 }
 
 /// Prompts without a tokenizer are comma-separated token ids.
