@@ -263,7 +263,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let ctx = args.overrides.build_context(&base0);
     let mut session = bench::Bench::new(&prompts, ctx, scorer.as_ref());
     let mut reusable: Vec<PromptResult> = Vec::new();
-    let mut outcomes: Vec<(String, BenchResults)> = Vec::new();
+    let mut outcomes: Vec<Outcome> = Vec::new();
     for point in &points {
         let label = point_label(point);
         let (base_kv, method_kv): (Vec<_>, Vec<_>) =
@@ -315,21 +315,61 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         results.extend(reused);
         results.sort_by_key(|r| args.methods.iter().position(|n| *n == r.method));
         let summary = bench::summarise(&args.methods, &results);
-        outcomes.push((
-            label,
-            BenchResults {
+        outcomes.push(Outcome {
+            point: label,
+            values: point.clone(),
+            bench: BenchResults {
                 methods: args.methods.clone(),
                 results,
                 summary,
             },
-        ));
+        });
     }
     bar.finish_and_clear();
     write_outputs(&args.out, &outcomes, !sweeps.is_empty())
 }
 
-/// results.json, results.csv (or sweep.csv) and table.md.
-fn write_outputs(out: &Path, outcomes: &[(String, BenchResults)], sweep: bool) -> Result<()> {
+/// The results of one sweep point (the only one without a sweep).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    /// `key=value ...` of the point (empty without a sweep).
+    pub point: String,
+    pub values: Vec<(String, f64)>,
+    pub bench: BenchResults,
+}
+
+/// Read what `write_outputs` saved: one bench (results.json holds its results), or a sweep
+/// (results.json holds a list of points).
+pub fn read_outcomes(dir: &Path) -> Result<(Vec<Outcome>, bool)> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {} (is it an hlm bench output folder?)",
+            path.display()
+        )
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    if v.is_array() {
+        let outcomes: Vec<Outcome> = serde_json::from_value(v)
+            .with_context(|| format!("{}: not a list of sweep points", path.display()))?;
+        Ok((outcomes, true))
+    } else {
+        let bench: BenchResults = serde_json::from_value(v)
+            .with_context(|| format!("{}: not hlm bench results", path.display()))?;
+        Ok((
+            vec![Outcome {
+                point: String::new(),
+                values: Vec::new(),
+                bench,
+            }],
+            false,
+        ))
+    }
+}
+
+/// results.json, results.csv (or sweep.csv), table.md and the plots.
+pub fn write_outputs(out: &Path, outcomes: &[Outcome], sweep: bool) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let write = |name: &str, text: String| -> Result<()> {
         let p = out.join(name);
@@ -337,18 +377,18 @@ fn write_outputs(out: &Path, outcomes: &[(String, BenchResults)], sweep: bool) -
     };
     let mut table = String::new();
     if sweep {
-        let json: Vec<serde_json::Value> = outcomes
-            .iter()
-            .map(|(label, r)| serde_json::json!({ "point": label, "bench": r }))
-            .collect();
-        write("results.json", serde_json::to_string_pretty(&json)?)?;
+        write("results.json", serde_json::to_string_pretty(outcomes)?)?;
         let mut csv = String::from(
             "point,method,bertscore_f1,token_agreement,upload_rate,uplink_bits_per_token,energy_per_token_j,energy_saving_vs_hlm,modelled_tokens_per_s,acceptance_rate\n",
         );
         let o = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v}"));
-        for (label, r) in outcomes {
-            table += &format!("### {label}\n\n{}\n", bench::markdown_table(&r.summary));
-            for s in &r.summary {
+        for oc in outcomes {
+            let label = &oc.point;
+            table += &format!(
+                "### {label}\n\n{}\n",
+                bench::markdown_table(&oc.bench.summary)
+            );
+            for s in &oc.bench.summary {
                 csv += &format!(
                     "{label},{},{},{},{},{},{},{},{},{}\n",
                     s.method,
@@ -364,15 +404,49 @@ fn write_outputs(out: &Path, outcomes: &[(String, BenchResults)], sweep: bool) -
             }
         }
         write("sweep.csv", csv)?;
-    } else if let Some((_, r)) = outcomes.first() {
-        write("results.json", serde_json::to_string_pretty(r)?)?;
-        write("results.csv", bench::csv(&r.results))?;
-        table = bench::markdown_table(&r.summary);
+    } else if let Some(oc) = outcomes.first() {
+        write("results.json", serde_json::to_string_pretty(&oc.bench)?)?;
+        write("results.csv", bench::csv(&oc.bench.results))?;
+        table = bench::markdown_table(&oc.bench.summary);
     }
     write("table.md", table.clone())?;
+    let points: Vec<hlm_eval::plots::Point> = outcomes
+        .iter()
+        .map(|o| hlm_eval::plots::Point {
+            values: &o.values,
+            summary: &o.bench.summary,
+        })
+        .collect();
+    let plots = hlm_eval::plots::bench_plots(out, &points)?;
     println!("{table}");
-    println!("results in {}", out.display());
+    println!(
+        "results in {} ({} plots: {})",
+        out.display(),
+        plots.len(),
+        plots
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
+}
+
+/// Options of `hlm report`.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Example:
+  hlm bench -c configs/hlm.toml --prompts prompts/general.jsonl -o bench-results
+  hlm report bench-results        # table.md, CSV and plots again, from results.json")]
+pub struct ReportArgs {
+    /// Folder written by `hlm bench` (holding results.json).
+    pub dir: PathBuf,
+}
+
+/// `hlm report`: tables and plots from saved results, without running any model.
+pub fn report(args: ReportArgs) -> Result<()> {
+    let (outcomes, sweep) = read_outcomes(&args.dir)?;
+    write_outputs(&args.dir, &outcomes, sweep)
 }
 
 #[cfg(test)]

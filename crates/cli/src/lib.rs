@@ -59,6 +59,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Run methods × prompts and write the comparison table (BERTScore, uploads, energy...).
     Bench(bench::BenchArgs),
+    /// Regenerate the tables and plots of an `hlm bench` folder without running models.
+    Report(bench::ReportArgs),
     /// Fit the uncertainty/rejection line of a pipeline and derive its thresholds.
     Calibrate(calibrate::CalibrateArgs),
     /// Serve the target model to devices over the network (the split's server side).
@@ -97,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => generate::generate(a),
         Command::Calibrate(a) => calibrate::calibrate(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Report(a) => bench::report(a),
         Command::Serve(a) => serve::serve(a),
         Command::Config(c) => config_cmd::config(c),
         Command::Models(c) => models::models(c),

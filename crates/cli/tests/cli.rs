@@ -610,6 +610,22 @@ fn bench_runs_every_method_on_every_prompt() {
         .expect("hlm on prompt 1")
         .clone();
     assert_eq!(first["generated_ids"], single["generated_ids"]);
+    // Plots, and `hlm report` regenerates table and plots from results.json alone.
+    for f in ["saving_vs_quality.svg", "saving_vs_quality.png"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    std::fs::remove_file(out.join("table.md")).expect("rm");
+    std::fs::remove_file(out.join("saving_vs_quality.png")).expect("rm");
+    let o = hlm(&["report", &out.to_string_lossy()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("table.md")).expect("table.md again"),
+        table
+    );
+    assert!(out.join("saving_vs_quality.png").is_file());
+    let o = hlm(&["report", &dir.path().to_string_lossy()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("results.json"), "{}", stderr(&o));
     // An unknown method names the file it looked for.
     let o = hlm(&[
         "bench",
@@ -678,6 +694,20 @@ fn bench_sweeps_a_method_knob() {
     }
     let table = std::fs::read_to_string(out.join("table.md")).expect("table.md");
     assert_eq!(table.matches("### upload.skip_rate=").count(), 3, "{table}");
+    // No LLM-only run, so no quality axis: no trade-off plot, but the curves vs the key.
+    for f in ["upload_rate.svg", "tokens_per_s.png", "energy_saving.svg"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(out.join("upload_rate.svg")).expect("svg");
+    assert!(
+        svg.contains("upload.skip_rate"),
+        "the x axis names the swept key"
+    );
+    // The sweep's results.json is enough for `hlm report`.
+    std::fs::remove_file(out.join("sweep.csv")).expect("rm");
+    let o = hlm(&["report", &out.to_string_lossy()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("sweep.csv").is_file());
     // A key no config has, and a malformed range, are named.
     let a = args("upload.nothing=0:1:1");
     let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bertscore;
+pub mod plots;
 
 pub use bench::{BenchPrompt, BenchResults, MethodSummary, ModelPool, PromptResult};
 pub use bertscore::{BertScore, BertScorer, IdfWeights};
