@@ -42,6 +42,10 @@ pub struct CalibrateArgs {
     /// Write every per-token record as JSONL to this file.
     #[arg(long, value_name = "FILE")]
     pub records: Option<PathBuf>,
+    /// Plot rejection probability against uncertainty with the fitted line to STEM.svg and
+    /// STEM.png.
+    #[arg(long, value_name = "STEM")]
+    pub plot: Option<PathBuf>,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -115,6 +119,31 @@ pub fn calibrate(args: CalibrateArgs) -> Result<()> {
     }
     let fit = fit_line(&unc);
     let threshold = fit.as_ref().and_then(|f| risk_threshold(f, args.max_risk));
+    if let Some(stem) = &args.plot {
+        use hlm_eval::plots::{Series, draw};
+        let mut series = vec![Series::new("tokens", unc.clone(), false)];
+        if let Some(f) = &fit {
+            let (lo, hi) = unc
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                    (a.min(p.0), b.max(p.0))
+                });
+            let mut line = Series::new(
+                format!("fit {:.3}·u {:+.3} (R² {:.2})", f.a, f.b, f.r2),
+                vec![(lo, f.a * lo + f.b), (hi, f.a * hi + f.b)],
+                true,
+            );
+            line.markers = false;
+            series.push(line);
+        }
+        draw(
+            stem,
+            "Rejection probability vs uncertainty",
+            "uncertainty (share of perturbed samples that differ)",
+            "rejection probability max(0, 1 - y/x)",
+            &series,
+        )?;
+    }
     let mean_rej = unc.iter().map(|p| p.1).sum::<f64>() / unc.len() as f64;
 
     if let Some(out) = &args.write {

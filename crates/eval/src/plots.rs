@@ -30,6 +30,22 @@ pub enum PlotError {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Join the points (in x order) with a line; else points only.
+    pub joined: bool,
+    /// Draw the points as markers (a fitted line may want none).
+    pub markers: bool,
+}
+
+impl Series {
+    /// Markers, joined or not.
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>, joined: bool) -> Self {
+        Series {
+            name: name.into(),
+            points,
+            joined,
+            markers: true,
+        }
+    }
 }
 
 /// One benchmark outcome: the swept values (empty without a sweep) and the method summaries.
@@ -60,14 +76,13 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
-/// Draw `series` to `stem.svg` and `stem.png`; `lines` joins each series' points in x order.
+/// Draw `series` to `stem.svg` and `stem.png`.
 pub fn draw(
     stem: &Path,
     title: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[Series],
-    lines: bool,
 ) -> Result<Vec<PathBuf>, PlotError> {
     let svg_path = stem.with_extension("svg");
     let fail = |e: &dyn std::fmt::Display| PlotError::Draw {
@@ -97,16 +112,23 @@ pub fn draw(
             let colour = COLOURS[i % COLOURS.len()];
             let mut pts = s.points.clone();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            if lines && pts.len() > 1 {
-                chart
+            if s.joined && pts.len() > 1 {
+                let line = chart
                     .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
                     .map_err(|e| fail(&e))?;
+                if !s.markers {
+                    line.label(s.name.clone()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x - 6, y), (x + 6, y)], colour.stroke_width(2))
+                    });
+                }
             }
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled())))
-                .map_err(|e| fail(&e))?
-                .label(s.name.clone())
-                .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
+            if s.markers {
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                    .map_err(|e| fail(&e))?
+                    .label(s.name.clone())
+                    .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
+            }
         }
         chart
             .configure_series_labels()
@@ -182,17 +204,20 @@ pub fn bench_plots(dir: &Path, points: &[Point<'_>]) -> Result<Vec<PathBuf>, Plo
     let per_method = |f: &PointOf| -> Vec<Series> {
         methods
             .iter()
-            .map(|name| Series {
-                name: name.to_string(),
-                points: points
-                    .iter()
-                    .filter_map(|p| {
-                        p.summary
-                            .iter()
-                            .find(|m| m.method == *name)
-                            .and_then(|m| f(m, p))
-                    })
-                    .collect(),
+            .map(|name| {
+                Series::new(
+                    *name,
+                    points
+                        .iter()
+                        .filter_map(|p| {
+                            p.summary
+                                .iter()
+                                .find(|m| m.method == *name)
+                                .and_then(|m| f(m, p))
+                        })
+                        .collect(),
+                    points.len() > 1,
+                )
             })
             .filter(|s| !s.points.is_empty())
             .collect()
@@ -205,7 +230,6 @@ pub fn bench_plots(dir: &Path, points: &[Point<'_>]) -> Result<Vec<PathBuf>, Plo
             quality_name,
             "energy saving vs standard HLM",
             &pareto_fronts(&tradeoff),
-            points.len() > 1,
         )?);
     }
     if let Some((key, _)) = first.values.first() {
@@ -231,7 +255,6 @@ pub fn bench_plots(dir: &Path, points: &[Point<'_>]) -> Result<Vec<PathBuf>, Plo
                     key,
                     y_desc,
                     &series,
-                    true,
                 )?);
             }
         }
@@ -245,7 +268,6 @@ pub fn pareto_fronts(series: &[Series]) -> Vec<Series> {
     series
         .iter()
         .map(|s| Series {
-            name: s.name.clone(),
             points: s
                 .points
                 .iter()
@@ -256,6 +278,7 @@ pub fn pareto_fronts(series: &[Series]) -> Vec<Series> {
                         .any(|&(q2, e2)| q2 >= q && e2 >= e && (q2 > q || e2 > e))
                 })
                 .collect(),
+            ..s.clone()
         })
         .collect()
 }
@@ -266,10 +289,11 @@ mod tests {
 
     #[test]
     fn pareto_front_keeps_only_undominated_points() {
-        let s = Series {
-            name: "m".into(),
-            points: vec![(0.9, 0.1), (0.8, 0.3), (0.7, 0.2), (0.5, 0.5), (0.5, 0.4)],
-        };
+        let s = Series::new(
+            "m",
+            vec![(0.9, 0.1), (0.8, 0.3), (0.7, 0.2), (0.5, 0.5), (0.5, 0.4)],
+            true,
+        );
         let f = pareto_fronts(&[s]);
         assert_eq!(f[0].points, vec![(0.9, 0.1), (0.8, 0.3), (0.5, 0.5)]);
     }
@@ -283,11 +307,7 @@ mod tests {
             "title",
             "x",
             "y",
-            &[Series {
-                name: "a".into(),
-                points: vec![(0.0, 1.0), (1.0, 2.0)],
-            }],
-            true,
+            &[Series::new("a", vec![(0.0, 1.0), (1.0, 2.0)], true)],
         )
         .unwrap();
         let svg = std::fs::read_to_string(&files[0]).unwrap();
