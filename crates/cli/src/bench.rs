@@ -273,6 +273,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let base = PipelineConfig::load(&args.config, &overrides)?;
         let mut to_run = Vec::new();
         let mut reused = Vec::new();
+        // Methods this point does not change: their results serve every later point.
+        let mut ran_untouched: Vec<String> = Vec::new();
         for (m, table) in args.methods.iter().zip(&method_tables) {
             let kv: Vec<String> = method_kv
                 .iter()
@@ -284,21 +286,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 .filter(|r| &r.method == m)
                 .cloned()
                 .collect();
-            if base_kv.is_empty() && kv.is_empty() && !cached.is_empty() {
+            let untouched = base_kv.is_empty() && kv.is_empty();
+            if untouched && !cached.is_empty() {
                 bar.inc(cached.len() as u64);
                 reused.extend(cached);
             } else {
+                if untouched {
+                    ran_untouched.push(m.clone());
+                }
                 to_run.push((m.clone(), method_config(&dir, m, &base, &kv)?));
             }
         }
-        let ran_untouched: Vec<String> = to_run
-            .iter()
-            .filter(|(m, _)| {
-                let t = &method_tables[args.methods.iter().position(|x| x == m).unwrap_or(0)];
-                base_kv.is_empty() && !method_kv.iter().any(|(k, _)| has_key(t, k))
-            })
-            .map(|(m, _)| m.clone())
-            .collect();
         let mut results = session.run_methods(to_run, &mut |p| match p {
             Progress::Loading { method } => bar.set_message(format!("{label} {method}: loading")),
             Progress::Done { method, prompt } => {

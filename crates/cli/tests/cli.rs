@@ -25,6 +25,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The command failed and its error names `what` (a path, a key, an address).
+fn assert_fails_naming(o: &Output, what: &str) {
+    assert!(!o.status.success(), "should fail: {}", stdout(o));
+    assert!(
+        stderr(o).contains(what),
+        "{what:?} not named in: {}",
+        stderr(o)
+    );
+}
+
 /// A hybrid pipeline: tiny LLaMA drafts, tiny Qwen2 verifies, `upload` chooses the method.
 fn write_config(dir: &Path, upload: &str, codec: &str) -> PathBuf {
     let f = fixtures();
@@ -163,8 +173,7 @@ fn text_prompt_without_tokenizer_is_a_clear_error() {
     let cfg = write_config(dir.path(), "type = \"always\"", "type = \"dense\"");
     let c = cfg.to_string_lossy().into_owned();
     let o = hlm(&["run", "-c", &c, "--prompt", "hello"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("--prompt-ids"), "{}", stderr(&o));
+    assert_fails_naming(&o, "--prompt-ids");
 }
 
 #[test]
@@ -176,12 +185,7 @@ fn missing_config_and_missing_model_name_the_path() {
         "--prompt-ids",
         "1",
     ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("/nonexistent/pipeline.toml"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_naming(&o, "/nonexistent/pipeline.toml");
 
     let o = hlm(&[
         "generate",
@@ -190,12 +194,7 @@ fn missing_config_and_missing_model_name_the_path() {
         "--prompt-ids",
         "1",
     ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("/nonexistent/model.gguf"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_naming(&o, "/nonexistent/model.gguf");
 }
 
 #[test]
@@ -340,12 +339,7 @@ fn savings_against_a_baseline_run() {
         "--baseline",
         "/nonexistent/hlm.toml",
     ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("/nonexistent/hlm.toml"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_naming(&o, "/nonexistent/hlm.toml");
 }
 
 /// The shipped link and device profiles change the modelled costs exactly as the formulas say.
@@ -487,8 +481,7 @@ fn serve_reports_bad_configs_and_addresses() {
     )
     .expect("write");
     let o = hlm(&["serve", "--config", &cfg.to_string_lossy()]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("/nonexistent/model"), "{}", stderr(&o));
+    assert_fails_naming(&o, "/nonexistent/model");
     std::fs::write(
         &cfg,
         format!(
@@ -504,12 +497,7 @@ fn serve_reports_bad_configs_and_addresses() {
         "--listen",
         "not-an-address",
     ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("cannot listen on not-an-address"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_naming(&o, "cannot listen on not-an-address");
 }
 
 /// Method configs slm, llm, hlm, random of the fixtures in `dir`, and two id prompts.
@@ -624,8 +612,7 @@ fn bench_runs_every_method_on_every_prompt() {
     );
     assert!(out.join("saving_vs_quality.png").is_file());
     let o = hlm(&["report", &dir.path().to_string_lossy()]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("results.json"), "{}", stderr(&o));
+    assert_fails_naming(&o, "results.json");
     // An unknown method names the file it looked for.
     let o = hlm(&[
         "bench",
@@ -637,8 +624,7 @@ fn bench_runs_every_method_on_every_prompt() {
         "nope",
         "--no-bertscore",
     ]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("nope.toml"), "{}", stderr(&o));
+    assert_fails_naming(&o, "nope.toml");
 }
 
 /// `--sweep` over a key of one method: that method runs at every point, the others once.
@@ -711,10 +697,8 @@ fn bench_sweeps_a_method_knob() {
     // A key no config has, and a malformed range, are named.
     let a = args("upload.nothing=0:1:1");
     let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("upload.nothing"), "{}", stderr(&o));
+    assert_fails_naming(&o, "upload.nothing");
     let a = args("upload.skip_rate=1:0:0.5");
     let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("START:STOP:STEP"), "{}", stderr(&o));
+    assert_fails_naming(&o, "START:STOP:STEP");
 }

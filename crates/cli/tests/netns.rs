@@ -31,6 +31,8 @@ fn sh(args: &[&str]) -> Result<(), String> {
 struct Netns {
     server: String,
     device: String,
+    /// The device-side end of the veth pair (where the uplink is shaped).
+    device_link: String,
 }
 
 impl Netns {
@@ -39,9 +41,10 @@ impl Netns {
         let n = Netns {
             server: format!("hlm-srv-{id}"),
             device: format!("hlm-dev-{id}"),
+            device_link: format!("hd{}", id % 100000),
         };
         let (s, d) = (n.server.as_str(), n.device.as_str());
-        let (vs, vd) = (format!("hs{}", id % 100000), format!("hd{}", id % 100000));
+        let (vs, vd) = (format!("hs{}", id % 100000), n.device_link.clone());
         sh(&["ip", "netns", "add", s])?;
         sh(&["ip", "netns", "add", d])?;
         sh(&[
@@ -59,7 +62,7 @@ impl Netns {
     }
 
     fn shape_uplink(&self, rate: &str) -> Result<(), String> {
-        let dev = format!("hd{}", std::process::id() % 100000);
+        let dev = &self.device_link;
         sh(&[
             "tc",
             "-n",
@@ -67,7 +70,7 @@ impl Netns {
             "qdisc",
             "replace",
             "dev",
-            &dev,
+            dev,
             "root",
             "tbf",
             "rate",
@@ -80,17 +83,8 @@ impl Netns {
     }
 
     fn unshape(&self) -> Result<(), String> {
-        let dev = format!("hd{}", std::process::id() % 100000);
-        sh(&[
-            "tc",
-            "-n",
-            &self.device,
-            "qdisc",
-            "del",
-            "dev",
-            &dev,
-            "root",
-        ])
+        let dev = &self.device_link;
+        sh(&["tc", "-n", &self.device, "qdisc", "del", "dev", dev, "root"])
     }
 }
 

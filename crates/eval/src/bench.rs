@@ -94,7 +94,11 @@ impl ModelPool {
         if (draft_key.is_some() && draft.is_none())
             || (verifier_key.is_some() && verifier.is_none())
         {
-            let (d, v) = load_missing(&cfg, ctx, draft.is_none(), verifier.is_none())?;
+            // Each method's own device, as `hlm run` of its config would use.
+            let mut ctx = ctx.clone();
+            ctx.device = cfg.device.clone();
+            let (d, v) =
+                Pipeline::build_some_models(&cfg, &ctx, draft.is_none(), verifier.is_none())?;
             draft = draft.or(d);
             verifier = verifier.or(v);
         }
@@ -116,31 +120,6 @@ impl ModelPool {
             self.verifiers.insert(k, v);
         }
     }
-}
-
-/// Build only the models that are not pooled yet.
-fn load_missing(
-    cfg: &PipelineConfig,
-    ctx: &BuildContext,
-    need_draft: bool,
-    need_verifier: bool,
-) -> Result<hlm_core::engine::Models> {
-    let mut ctx = ctx.clone();
-    ctx.device = cfg.device.clone();
-    let draft = match (&cfg.draft, need_draft) {
-        (Some(spec), true) => Some(spec.build(&ctx)?),
-        _ => None,
-    };
-    let verifier = match (&cfg.verifier, need_verifier) {
-        (Some(spec), true) => {
-            if let Some(link) = &cfg.link {
-                ctx.link_toml = toml::to_string(link).ok();
-            }
-            Some(spec.build(&ctx)?)
-        }
-        _ => None,
-    };
-    Ok((draft, verifier))
 }
 
 /// What the harness reports as it goes.

@@ -111,6 +111,17 @@ impl Pipeline {
     /// does first); with [`Pipeline::with_models`] and [`Pipeline::into_models`] a program can
     /// load models once and run several configurations on them.
     pub fn build_models(cfg: &PipelineConfig, ctx: &BuildContext) -> Result<Models> {
+        Self::build_some_models(cfg, ctx, true, true)
+    }
+
+    /// Like [`Pipeline::build_models`], building only the draft model and/or the verifier
+    /// (a program that already holds the other one loaded).
+    pub fn build_some_models(
+        cfg: &PipelineConfig,
+        ctx: &BuildContext,
+        want_draft: bool,
+        want_verifier: bool,
+    ) -> Result<Models> {
         let mut ctx = ctx.clone();
         if let Some(link) = &cfg.link {
             ctx.link_toml = Some(toml::to_string(link).map_err(|e| {
@@ -119,12 +130,12 @@ impl Pipeline {
         }
         let ctx = &ctx;
         let draft = match &cfg.draft {
-            Some(spec) => Some(spec.build(ctx)?),
-            None => None,
+            Some(spec) if want_draft => Some(spec.build(ctx)?),
+            _ => None,
         };
         let verifier = match &cfg.verifier {
-            Some(spec) => Some(spec.build(ctx)?),
-            None => None,
+            Some(spec) if want_verifier => Some(spec.build(ctx)?),
+            _ => None,
         };
         Ok((draft, verifier))
     }

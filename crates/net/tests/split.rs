@@ -11,6 +11,9 @@ use hlm_core::{TargetModel, TokenId, TokenKind};
 use hlm_net::ServerLimits;
 use support::*;
 
+/// Client settings for fault tests: one short connection attempt, retried at every round.
+const FAIL_FAST: &str = "connect_timeout_s = 0.5\nretries = 0\nreconnect_interval_s = 0.0";
+
 const METHODS: &[(&str, &str, &str)] = &[
     // standard HLM: every token, dense 8-bit
     ("type = \"always\"", "type = \"dense\"\nbits = 8", ""),
@@ -77,10 +80,7 @@ fn split_run_gives_exactly_the_tokens_of_one_process() {
 fn a_server_that_is_down_leaves_the_draft_model_alone() {
     let addr = dead_address();
     let text = config(
-        &remote_verifier(
-            &addr,
-            "connect_timeout_s = 0.5\nretries = 0\nreconnect_interval_s = 0.0",
-        ),
+        &remote_verifier(&addr, FAIL_FAST),
         "type = \"always\"",
         "type = \"dense\"",
         "",
@@ -135,10 +135,7 @@ fn a_restarted_server_is_resynchronised_without_losing_tokens() {
     let server = start_server(ServerLimits::default());
     let addr = server.addr().to_string();
     let text = config(
-        &remote_verifier(
-            &addr,
-            "connect_timeout_s = 0.5\nretries = 0\nreconnect_interval_s = 0.0",
-        ),
+        &remote_verifier(&addr, FAIL_FAST),
         "type = \"always\"",
         "type = \"dense\"",
         "",
