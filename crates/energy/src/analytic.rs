@@ -9,9 +9,16 @@
 //! power_w = 5.0
 //! time = "measured"                  # or { seconds_per_token = 0.02 }
 //! [energy.server]                    # or { flops_per_token = 1.4e10, flops_per_s = 1e14 }
-//! time = { flops_per_token = 1.4e10, flops_per_s = 1e14 }
-//! joules_per_flop = 1e-11            # optional: replaces power_w × time for the energy
+//! time = { seconds_per_pass = 0.0016, flops_per_token = 3.1e9, flops_per_s = 1.5e14 }
+//! joules_per_flop = 1e-11            # optional: replaces power_w × time for the FLOPs
 //! ```
+//!
+//! `seconds_per_pass` (optional, with either modelled form) is a fixed cost of every model pass
+//! that computes at least one position, whatever its length: batch-1 decoding on a GPU is
+//! memory-bound, so one pass costs about (weight bytes / memory bandwidth) however many
+//! positions it verifies. It is what makes skipping verification save server energy in the
+//! papers' sense ("skips the LLM computation"), since skipped tokens still enter the server's
+//! context at the next upload, in the same pass.
 //!
 //! No power or energy constants are published for the papers this project reproduces (research
 //! notes §5, §7), so every default below is an assumption, stated next to it.
@@ -44,64 +51,89 @@ pub enum ComputeTime {
     /// The wall-clock time the engine measured (`time = "measured"`).
     #[default]
     Measured,
-    /// A fixed time per computed position (`time = { seconds_per_token = ... }`).
-    PerToken { seconds_per_token: f64 },
-    /// FLOPs per position over a sustained FLOP rate
-    /// (`time = { flops_per_token = ..., flops_per_s = ... }`); a dense transformer needs
-    /// about 2 × parameters FLOPs per token.
+    /// A fixed time per pass plus one per computed position
+    /// (`time = { seconds_per_token = ..., seconds_per_pass = ... }`, either may be left out).
+    PerToken {
+        seconds_per_token: f64,
+        seconds_per_pass: f64,
+    },
+    /// A fixed time per pass plus FLOPs per position over a sustained FLOP rate
+    /// (`time = { flops_per_token = ..., flops_per_s = ..., seconds_per_pass = ... }`); a dense
+    /// transformer needs about 2 × parameters FLOPs per token.
     Flops {
         flops_per_token: f64,
         flops_per_s: f64,
+        seconds_per_pass: f64,
     },
 }
 
 impl ComputeTime {
-    /// Seconds for `tokens` positions, given the measured time.
-    pub fn seconds(&self, tokens: u64, measured_s: f64) -> f64 {
+    /// Seconds of one pass over `tokens` positions, given the measured time: (fixed pass time,
+    /// per-position time). A pass over no positions costs nothing.
+    pub fn seconds(&self, tokens: u64, measured_s: f64) -> (f64, f64) {
+        if tokens == 0 && !matches!(self, ComputeTime::Measured) {
+            return (0.0, 0.0);
+        }
         match *self {
-            ComputeTime::Measured => measured_s,
-            ComputeTime::PerToken { seconds_per_token } => tokens as f64 * seconds_per_token,
+            ComputeTime::Measured => (0.0, measured_s),
+            ComputeTime::PerToken {
+                seconds_per_token,
+                seconds_per_pass,
+            } => (seconds_per_pass, tokens as f64 * seconds_per_token),
             ComputeTime::Flops {
                 flops_per_token,
                 flops_per_s,
-            } => tokens as f64 * flops_per_token / flops_per_s,
+                seconds_per_pass,
+            } => (seconds_per_pass, tokens as f64 * flops_per_token / flops_per_s),
         }
     }
 }
 
 impl Serialize for ComputeTime {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match *self {
-            ComputeTime::Measured => s.serialize_str("measured"),
-            ComputeTime::PerToken { seconds_per_token } => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("seconds_per_token", &seconds_per_token)?;
-                m.end()
-            }
+        let pass = |p: f64| (p != 0.0).then_some(p);
+        let table = match *self {
+            ComputeTime::Measured => return s.serialize_str("measured"),
+            ComputeTime::PerToken {
+                seconds_per_token,
+                seconds_per_pass,
+            } => TimeTable {
+                seconds_per_token: Some(seconds_per_token),
+                seconds_per_pass: pass(seconds_per_pass),
+                ..TimeTable::default()
+            },
             ComputeTime::Flops {
                 flops_per_token,
                 flops_per_s,
-            } => {
-                let mut m = s.serialize_map(Some(2))?;
-                m.serialize_entry("flops_per_token", &flops_per_token)?;
-                m.serialize_entry("flops_per_s", &flops_per_s)?;
-                m.end()
-            }
-        }
+                seconds_per_pass,
+            } => TimeTable {
+                flops_per_token: Some(flops_per_token),
+                flops_per_s: Some(flops_per_s),
+                seconds_per_pass: pass(seconds_per_pass),
+                ..TimeTable::default()
+            },
+        };
+        table.serialize(s)
     }
 }
 
 /// The table form of [`ComputeTime`], before checking which fields go together.
-#[derive(Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TimeTable {
+    #[serde(skip_serializing_if = "Option::is_none")]
     seconds_per_token: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     flops_per_token: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     flops_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds_per_pass: Option<f64>,
 }
 
 const TIME_FORMS: &str = "\"measured\", { seconds_per_token = ... } or \
-                          { flops_per_token = ..., flops_per_s = ... }";
+                          { flops_per_token = ..., flops_per_s = ... }, \
+                          each optionally with seconds_per_pass = ...";
 
 // Hand-written rather than `#[serde(untagged)]` so a wrong value says what is accepted instead
 // of "data did not match any variant".
@@ -126,13 +158,22 @@ impl<'de> Deserialize<'de> for ComputeTime {
                 map: A,
             ) -> std::result::Result<ComputeTime, A::Error> {
                 let t = TimeTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let seconds_per_pass = t.seconds_per_pass.unwrap_or(0.0);
                 match (t.seconds_per_token, t.flops_per_token, t.flops_per_s) {
-                    (Some(seconds_per_token), None, None) => {
-                        Ok(ComputeTime::PerToken { seconds_per_token })
+                    (Some(seconds_per_token), None, None) => Ok(ComputeTime::PerToken {
+                        seconds_per_token,
+                        seconds_per_pass,
+                    }),
+                    (None, None, None) if t.seconds_per_pass.is_some() => {
+                        Ok(ComputeTime::PerToken {
+                            seconds_per_token: 0.0,
+                            seconds_per_pass,
+                        })
                     }
                     (None, Some(flops_per_token), Some(flops_per_s)) => Ok(ComputeTime::Flops {
                         flops_per_token,
                         flops_per_s,
+                        seconds_per_pass,
                     }),
                     _ => Err(de::Error::custom(format!(
                         "time needs exactly one of {TIME_FORMS}"
@@ -167,33 +208,47 @@ impl ComputeSide {
         }
     }
 
-    /// (energy J, time s) for `tokens` positions with `measured_s` measured.
+    /// (energy J, time s) for one pass over `tokens` positions with `measured_s` measured.
     pub fn cost(&self, tokens: u64, measured_s: f64) -> (f64, f64) {
-        let time = self.time.seconds(tokens, measured_s);
-        let energy = match (self.joules_per_flop, self.time) {
+        let (pass_s, tokens_s) = self.time.seconds(tokens, measured_s);
+        let tokens_e = match (self.joules_per_flop, self.time) {
             (
                 Some(j),
                 ComputeTime::Flops {
                     flops_per_token, ..
                 },
             ) => j * flops_per_token * tokens as f64,
-            _ => self.power_w * time,
+            _ => self.power_w * tokens_s,
         };
-        (energy, time)
+        (self.power_w * pass_s + tokens_e, pass_s + tokens_s)
     }
 
     fn validate(&self, side: &str) -> Result<()> {
         non_negative(&format!("energy.{side}.power_w"), self.power_w)?;
         match self.time {
             ComputeTime::Measured => {}
-            ComputeTime::PerToken { seconds_per_token } => non_negative(
-                &format!("energy.{side}.time.seconds_per_token"),
+            ComputeTime::PerToken {
                 seconds_per_token,
-            )?,
+                seconds_per_pass,
+            } => {
+                non_negative(
+                    &format!("energy.{side}.time.seconds_per_token"),
+                    seconds_per_token,
+                )?;
+                non_negative(
+                    &format!("energy.{side}.time.seconds_per_pass"),
+                    seconds_per_pass,
+                )?;
+            }
             ComputeTime::Flops {
                 flops_per_token,
                 flops_per_s,
+                seconds_per_pass,
             } => {
+                non_negative(
+                    &format!("energy.{side}.time.seconds_per_pass"),
+                    seconds_per_pass,
+                )?;
                 positive(
                     &format!("energy.{side}.time.flops_per_token"),
                     flops_per_token,
@@ -375,6 +430,7 @@ mod tests {
                 power_w: 4.0,
                 time: ComputeTime::PerToken {
                     seconds_per_token: 0.025,
+                    seconds_per_pass: 0.0,
                 },
                 joules_per_flop: None,
             },
@@ -384,6 +440,7 @@ mod tests {
                 time: ComputeTime::Flops {
                     flops_per_token: 1.4e10,
                     flops_per_s: 1e14,
+                    seconds_per_pass: 0.0,
                 },
                 joules_per_flop: None,
             },
@@ -413,6 +470,55 @@ mod tests {
         m.validate().unwrap();
         let c = m.cost(&w).unwrap();
         assert!(close(c.energy_j.server, 0.7) && close(c.time_s.server, 7e-4));
+    }
+
+    #[test]
+    fn a_pass_costs_its_fixed_time_once_whatever_its_length() {
+        // A memory-bound GPU verifier: 1.6 ms to read the weights per pass, 20 µs per position.
+        let m = parse(
+            r#"
+            type = "analytic"
+            [server]
+            power_w = 300.0
+            time = { seconds_per_pass = 0.0016, flops_per_token = 3e9, flops_per_s = 1.5e14 }
+            "#,
+        )
+        .unwrap();
+        m.validate().unwrap();
+        let server = |tokens: u64| {
+            m.cost(&Work {
+                server_tokens: tokens,
+                server_compute_s: 99.0,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        // One position: 1.6 ms + 20 µs = 1.62 ms, × 300 W = 0.486 J.
+        let one = server(1);
+        assert!(close(one.time_s.server, 1.62e-3), "{one:?}");
+        assert!(close(one.energy_j.server, 0.486), "{one:?}");
+        // Four positions in one pass (three skipped tokens caught up, one verified): the pass
+        // is paid once, so 1.6 ms + 4 × 20 µs = 1.68 ms, far less than four passes.
+        let four = server(4);
+        assert!(close(four.time_s.server, 1.68e-3), "{four:?}");
+        assert!(close(four.energy_j.server, 0.504), "{four:?}");
+        // No positions: no pass.
+        assert_eq!(server(0).energy_j.server, 0.0);
+        // seconds_per_pass alone is a fixed cost per pass; it round-trips through TOML.
+        let m = parse("type = \"analytic\"\n[device]\ntime = { seconds_per_pass = 0.02 }").unwrap();
+        let c = m
+            .cost(&Work {
+                device_tokens: 7,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(close(c.time_s.device, 0.02) && close(c.energy_j.device, 0.1), "{c:?}");
+        let s = toml::to_string(&m).unwrap();
+        assert!(s.contains("seconds_per_pass = 0.02"), "{s}");
+        let e = parse("type = \"analytic\"\n[server]\ntime = { seconds_per_pass = -1.0 }")
+            .and_then(|m| m.validate().map_err(|e| e.to_string()))
+            .unwrap_err();
+        assert!(e.contains("energy.server.time.seconds_per_pass"), "{e}");
     }
 
     #[test]
@@ -446,6 +552,7 @@ mod tests {
                         time: ComputeTime::Flops {
                             flops_per_token: 1e9,
                             flops_per_s: 0.0,
+                            seconds_per_pass: 0.0,
                         },
                         ..base.server
                     },
@@ -458,6 +565,7 @@ mod tests {
                     device: ComputeSide {
                         time: ComputeTime::PerToken {
                             seconds_per_token: -1.0,
+                            seconds_per_pass: 0.0,
                         },
                         ..base.device
                     },
@@ -504,7 +612,8 @@ mod tests {
         assert_eq!(
             back.device.time,
             ComputeTime::PerToken {
-                seconds_per_token: 0.02
+                seconds_per_token: 0.02,
+                seconds_per_pass: 0.0,
             }
         );
         assert_eq!(back.server.power_w, 250.0);

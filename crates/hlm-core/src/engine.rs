@@ -490,7 +490,6 @@ impl<'p, 'c> Run<'p, 'c> {
         (self.unsent.drain(..).map(|(t, _)| t).collect(), bits)
     }
 
-    /// Send a request, account uplink/server/downlink, and return the validated verdicts.
     /// Send one request and account for it; returns the verdicts and the target's y_d per draft.
     fn round_trip(
         &mut self,
