@@ -17,7 +17,8 @@ Examples:
   cargo xtask models fetch --all
   cargo xtask models verify
   cargo xtask ci            # what .ci/run runs
-  cargo xtask demo          # fetch the default pair and run the paper's method once"
+  cargo xtask demo          # fetch the default pair and run the paper's method once
+  cargo xtask paper         # reproduce the paper's comparison table on the Qwen pair"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,7 +42,35 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Reproduce the paper's comparison table (configs/paper/) on the Qwen pair: SLM-only,
+    /// LLM-only, standard HLM, U-HLM, the paper's method and CU-HLM on the same prompts and
+    /// seeds, with BERTScore against the LLM-only output, tables and plots. Reports the CPU
+    /// time it took.
+    Paper {
+        /// How many prompts of the prompt set to run.
+        #[arg(long, default_value_t = PAPER_PROMPTS)]
+        limit: usize,
+        /// Tokens generated per prompt.
+        #[arg(long, short = 'n', default_value_t = PAPER_TOKENS)]
+        max_new_tokens: usize,
+        /// The prompt set (JSONL with a `prompt` field).
+        #[arg(long, default_value = "prompts/general.jsonl")]
+        prompts: String,
+        /// Where results, tables and plots are written.
+        #[arg(long, short = 'o', default_value = "paper-results")]
+        out: String,
+        /// Extra arguments passed to `hlm bench` (e.g. --sweep KEY=START:STOP:STEP).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
+
+/// The reproduction's default size: 6 prompts x 20 tokens x 6 methods fits in 30 CPU-minutes
+/// on a 2-core x86 VM (the done-when of issue 7).
+const PAPER_PROMPTS: usize = 6;
+const PAPER_TOKENS: usize = 20;
+/// The methods of the paper's comparison, in table order.
+const PAPER_METHODS: &str = "slm,llm,hlm,u-hlm,iu-hlm,cu-hlm";
 
 #[derive(Subcommand)]
 enum ModelsCmd {
@@ -99,28 +128,103 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Ci { no_install } => ci(no_install),
         Cmd::Demo { args } => {
-            let cat = hlm_core::registry::Catalogue::builtin()?;
-            for n in DEFAULT_PAIR {
-                fetch::fetch(cat.get(n)?)?;
-            }
-            let mut cmd = cargo();
-            cmd.args([
-                "run",
-                "--quiet",
-                "-p",
-                "hlm-cli",
-                "--",
-                "run",
-                "--config",
-                "configs/iu-hlm.toml",
-            ]);
+            fetch_all(&DEFAULT_PAIR)?;
+            let mut cmd = hlm()?;
+            cmd.args(["run", "--config", "configs/iu-hlm.toml"]);
             if args.is_empty() {
                 cmd.args(["--prompt", "def fibonacci(n):", "--max-new-tokens", "48"]);
             }
             cmd.args(&args);
             status(cmd, "hlm run")
         }
+        Cmd::Paper {
+            limit,
+            max_new_tokens,
+            prompts,
+            out,
+            args,
+        } => {
+            fetch_all(&[DEFAULT_PAIR[0], DEFAULT_PAIR[1], "all-minilm-l6-v2"])?;
+            let mut cmd = hlm()?;
+            cmd.args(["bench", "--config", "configs/paper/hlm.toml"])
+                .args(["--methods", PAPER_METHODS, "--prompts", &prompts])
+                .args(["--limit", &limit.to_string()])
+                .args(["--max-new-tokens", &max_new_tokens.to_string()])
+                .args(["--out", &out])
+                .args(&args);
+            // Children's CPU time so far (the build), subtracted from the bench's.
+            let before = children_cpu_s();
+            let wall = std::time::Instant::now();
+            status(cmd, "hlm bench (configs/paper)")?;
+            let wall = wall.elapsed().as_secs_f64();
+            match children_cpu_s()
+                .zip(before)
+                .map(|(after, before)| after - before)
+            {
+                Some(cpu) => eprintln!(
+                    "reproduction took {:.1} CPU-minutes ({:.1} min wall); table: {out}/table.md",
+                    cpu / 60.0,
+                    wall / 60.0
+                ),
+                None => eprintln!(
+                    "reproduction took {:.1} min wall; table: {out}/table.md",
+                    wall / 60.0
+                ),
+            }
+            Ok(())
+        }
     }
+}
+
+fn fetch_all(names: &[&str]) -> Result<()> {
+    let cat = hlm_core::registry::Catalogue::builtin()?;
+    for n in names {
+        fetch::fetch(cat.get(n)?)?;
+    }
+    Ok(())
+}
+
+/// Build the workspace (the same build `cargo build --workspace` makes, so the demo, the
+/// reproduction and a user's own `hlm` share one set of artifacts) and return a command that
+/// runs its `hlm` binary.
+fn hlm() -> Result<Command> {
+    let mut build = cargo();
+    build.args(["build", "--workspace", "--quiet"]);
+    status(build, "cargo build --workspace")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "target".into());
+    let exe = target
+        .join("debug")
+        .join(format!("hlm{}", std::env::consts::EXE_SUFFIX));
+    if !exe.is_file() {
+        bail!(
+            "built the workspace but found no {} (a build.target-dir in a cargo config? \
+             set CARGO_TARGET_DIR to it)",
+            exe.display()
+        );
+    }
+    Ok(Command::new(exe))
+}
+
+/// CPU time (user + system, seconds) of every finished child process of this one.
+#[cfg(unix)]
+fn children_cpu_s() -> Option<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: rc == 0, so the struct was filled in.
+    let u = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Some(secs(u.ru_utime) + secs(u.ru_stime))
+}
+
+#[cfg(not(unix))]
+fn children_cpu_s() -> Option<f64> {
+    None
 }
 
 fn cargo() -> Command {

@@ -16,15 +16,57 @@ fn configs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
 }
 
+/// Every pipeline config: configs/*.toml and the paper reproduction's configs/paper/*.toml
+/// (not the server's config, not the shared setting the paper's methods include).
 fn shipped() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(configs_dir())
-        .expect("configs/ exists")
+    let mut v: Vec<PathBuf> = [configs_dir(), configs_dir().join("paper")]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).expect("config dir exists"))
         .map(|e| e.expect("readable entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .filter(|p| !p.ends_with("server.toml"))
+        .filter(|p| !p.ends_with("server.toml") && !p.ends_with("setup.toml"))
         .collect();
     v.sort();
     v
+}
+
+#[test]
+fn the_paper_configs_share_one_setting_and_inherit_down_the_chain() {
+    link();
+    let load = |m: &str| {
+        let cfg = PipelineConfig::load(&configs_dir().join("paper").join(format!("{m}.toml")), &[])
+            .unwrap_or_else(|e| panic!("configs/paper/{m}.toml: {e}"));
+        cfg.to_toml().expect("serialises")
+    };
+    let methods = ["slm", "llm", "hlm", "u-hlm", "iu-hlm", "cu-hlm"];
+    let tomls: Vec<String> = methods.iter().map(|m| load(m)).collect();
+    // One modelled setting for all: the cell-edge link and the pass-based compute times.
+    for (m, t) in methods.iter().zip(&tomls) {
+        for key in [
+            "bandwidth_hz = 1000000.0",
+            "seconds_per_pass = 0.0016",
+            "seconds_per_pass = 0.02",
+        ] {
+            assert!(t.contains(key), "{m} lacks `{key}`:\n{t}");
+        }
+    }
+    let [_, _, hlm, u, iu, cu] = &tomls[..] else {
+        unreachable!()
+    };
+    // The paper's method and CU-HLM inherit U-HLM's fitted line and standard HLM's models.
+    for t in [u, iu, cu] {
+        assert!(t.contains("a = 0.548") && t.contains("b = -0.0145"), "{t}");
+        assert!(t.contains("qwen2.5-coder-1.5b-instruct"), "{t}");
+    }
+    assert!(hlm.contains("type = \"always\""), "{hlm}");
+    assert!(
+        iu.contains("type = \"mean_std\"") && !u.contains("mean_std"),
+        "{iu}"
+    );
+    assert!(
+        cu.contains("type = \"adaptive_top_k\"") && !u.contains("adaptive_top_k"),
+        "{cu}"
+    );
 }
 
 #[test]
