@@ -11,16 +11,6 @@ use std::time::Instant;
 use hlm_backends::{Transformer, parse_device};
 use hlm_core::{DraftModel, Result, TokenId};
 
-fn argmax(logits: &[f32]) -> TokenId {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as TokenId
-}
-
 fn run(model_path: &str, prompt: &str, n_new: usize, device: &str) -> Result<()> {
     let t0 = Instant::now();
     let mut model = Transformer::load(Path::new(model_path), &parse_device(device)?)?;
@@ -40,7 +30,8 @@ fn run(model_path: &str, prompt: &str, n_new: usize, device: &str) -> Result<()>
     let mut generated = Vec::new();
     let t2 = Instant::now();
     for _ in 0..n_new {
-        let next = argmax(&logits);
+        // Temperature 0: the argmax, computed on the model's device.
+        let next: TokenId = logits.sample(0.0, 0.0)?;
         generated.push(next);
         if tokenizer.eos_ids().contains(&next) {
             break;

@@ -7,12 +7,17 @@
 //!
 //! - [`transformer::Transformer`] (`type = "transformer"`): LLaMA/Qwen2 decoders on burn,
 //!   loaded from GGUF or safetensors; usable as draft and as target model.
+//!
+//! - [`logits::DeviceLogits`]: a draft's logits left on the burn device, answering the token
+//!   filter's queries there (flex or wgpu) so that only a few numbers come back per token.
 
 pub mod bert;
 pub mod gguf;
+pub mod logits;
 pub mod transformer;
 pub mod verifier;
 
+pub use logits::DeviceLogits;
 pub use transformer::{
     Transformer, TransformerSpec, forward_all_batch, parse_device, resolve_model_path,
 };

@@ -78,7 +78,7 @@ fn prefill_and_decode_match_reference(name: &str) {
         let step = DraftModel::forward(&mut m, &[id], None).expect("decode");
         assert!(step.attention.is_none());
         assert_close(
-            &step.logits,
+            &step.logits.to_host().expect("read back"),
             &r.decode_logits[i],
             TOLERANCE,
             "decode logits",
@@ -95,7 +95,12 @@ fn newest_attention_matches_reference(name: &str) {
     let mut m = load(name);
     let step = DraftModel::forward(&mut m, &r.input_ids, Some(&LayerSelection::Last)).expect("fwd");
     let last = r.logits.last().expect("logits");
-    assert_close(&step.logits, last, TOLERANCE, "last logits");
+    assert_close(
+        &step.logits.to_host().expect("read back"),
+        last,
+        TOLERANCE,
+        "last logits",
+    );
     let map = step.attention.expect("attention requested");
     assert_eq!(map.layers.len(), 1);
     assert_eq!(map.layers[0].layer, DraftModel::n_layers(&m) - 1);

@@ -27,7 +27,6 @@ use std::fmt;
 
 use hlm_core::{Costs, EnergyModel, HlmError, Result, Transfer, Work};
 use serde::de::{self, MapAccess, Visitor};
-use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::units::{non_negative, positive};
@@ -84,7 +83,10 @@ impl ComputeTime {
                 flops_per_token,
                 flops_per_s,
                 seconds_per_pass,
-            } => (seconds_per_pass, tokens as f64 * flops_per_token / flops_per_s),
+            } => (
+                seconds_per_pass,
+                tokens as f64 * flops_per_token / flops_per_s,
+            ),
         }
     }
 }
@@ -512,7 +514,10 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        assert!(close(c.time_s.device, 0.02) && close(c.energy_j.device, 0.1), "{c:?}");
+        assert!(
+            close(c.time_s.device, 0.02) && close(c.energy_j.device, 0.1),
+            "{c:?}"
+        );
         let s = toml::to_string(&m).unwrap();
         assert!(s.contains("seconds_per_pass = 0.02"), "{s}");
         let e = parse("type = \"analytic\"\n[server]\ntime = { seconds_per_pass = -1.0 }")

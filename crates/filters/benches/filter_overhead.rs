@@ -6,9 +6,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hlm_core::sampling::softmax_with_temperature;
 use hlm_core::{
-    AttentionMap, ImportanceScorer, LayerAttention, TokenView, UncertaintyEstimator, UploadRule,
+    AttentionMap, HostLogits, ImportanceScorer, LayerAttention, TokenView, UncertaintyEstimator,
+    UploadRule,
 };
 use hlm_filters::{
     AttentionImportance, Combine, ImportanceCondition, MeanStdThreshold, RiskBoundThreshold,
@@ -47,8 +47,7 @@ fn attention(rng: &mut ChaCha8Rng) -> AttentionMap {
 
 fn bench(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let l = logits(&mut rng);
-    let probs = softmax_with_temperature(&l, 1.0);
+    let l = HostLogits::new(logits(&mut rng));
     let att = attention(&mut rng);
     let draft = 0u32;
 
@@ -76,7 +75,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let view = TokenView {
                 logits: &l,
-                probs: &probs,
+                temperature: 1.0,
                 draft,
                 attention: Some(&att),
                 position: 0,

@@ -1,7 +1,6 @@
 //! Uncertainty estimators: how unsure the draft model is about its draft token.
 
-use hlm_core::sampling::argmax;
-use hlm_core::{HlmError, Result, TokenId, UncertaintyEstimator};
+use hlm_core::{HlmError, NextTokenLogits, Result, TokenId, UncertaintyEstimator};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -55,38 +54,28 @@ impl TemperaturePerturbation {
 
 #[typetag::serde(name = "temperature_perturbation")]
 impl UncertaintyEstimator for TemperaturePerturbation {
-    fn estimate(&self, logits: &[f32], draft: TokenId, rng: &mut dyn RngCore) -> Result<f32> {
-        if logits.is_empty() {
+    fn estimate(
+        &self,
+        logits: &dyn NextTokenLogits,
+        draft: TokenId,
+        rng: &mut dyn RngCore,
+    ) -> Result<f32> {
+        if logits.vocab_size() == 0 {
             return Err(HlmError::Filter("empty logits".into()));
         }
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let best = argmax(logits);
-        let d = draft as usize;
-        let ld = *logits.get(d).ok_or_else(|| {
-            HlmError::invalid(
-                "draft",
-                draft,
-                format!("outside the vocabulary of {}", logits.len()),
-            )
-        })?;
-        let mut differ = 0usize;
-        for k in 0..self.samples {
-            let theta = self.temperature(k, rng);
-            let same = if theta <= self.min_temperature {
-                best == d
-            } else {
-                // Drawing s ~ softmax(l/θ) and testing s == d is a Bernoulli draw with
-                // p = w_d / Z: the same law without materialising or scanning the distribution,
-                // which halves the cost over a 150k vocabulary.
-                let inv = 1.0 / theta;
-                let z = partition(logits, max, inv);
-                let wd = exp_nonpositive((ld - max) * inv) as f64;
-                rng.random::<f64>() * z < wd
-            };
-            if !same {
-                differ += 1;
-            }
-        }
+        // All K temperatures first (0 = argmax), then one query for the draft's probability
+        // at each: on a GPU that is one [K, V] pass with K numbers coming back.
+        let temperatures: Vec<f32> = (0..self.samples)
+            .map(|k| self.temperature(k, rng))
+            .map(|t| if t <= self.min_temperature { 0.0 } else { t })
+            .collect();
+        let p_draft = logits.token_probs(draft, &temperatures)?;
+        // Drawing s ~ softmax(l/θ) and testing s == d is a Bernoulli draw with p = p_d(θ): the
+        // same law without materialising or scanning the distribution.
+        let differ = p_draft
+            .iter()
+            .filter(|&&p| rng.random::<f64>() >= p as f64)
+            .count();
         Ok(differ as f32 / self.samples as f32)
     }
 
@@ -105,43 +94,6 @@ impl UncertaintyEstimator for TemperaturePerturbation {
     }
 }
 
-/// Z = Σ exp((l_i − max)·inv), with eight independent f32 lanes (so it vectorises) summed in f64.
-fn partition(logits: &[f32], max: f32, inv: f32) -> f64 {
-    let mut lanes = [0f32; 8];
-    let mut chunks = logits.chunks_exact(8);
-    for c in &mut chunks {
-        for (acc, &l) in lanes.iter_mut().zip(c) {
-            *acc += exp_nonpositive((l - max) * inv);
-        }
-    }
-    let tail: f32 = chunks
-        .remainder()
-        .iter()
-        .map(|&l| exp_nonpositive((l - max) * inv))
-        .sum();
-    lanes.iter().map(|&x| x as f64).sum::<f64>() + tail as f64
-}
-
-/// e^x for x ≤ 0, branch-free so loops over it vectorise (libm's expf does not).
-/// 2^n · e^t with n = round(x·log2 e) and |t| ≤ ln2/2; the degree-6 Taylor series of e^t is
-/// then within 1.2e-7 relative; with the f32 rounding of x·log2 e the result is within 4e-6
-/// relative of e^x over [-87, 0] (immaterial for sampling). Below e^-87 (2^-126) it returns ~0.
-#[inline]
-fn exp_nonpositive(x: f32) -> f32 {
-    // Rounding by adding and subtracting 1.5·2^23 (exact for |y| < 2^22); no SSE4.1 needed.
-    const ROUND: f32 = 12_582_912.0;
-    let y = x * std::f32::consts::LOG2_E;
-    // A plain comparison (not f32::max, whose NaN rule blocks vectorisation).
-    let y = if y < -126.0 { -126.0 } else { y };
-    let n = (y + ROUND) - ROUND;
-    let t = (y - n) * std::f32::consts::LN_2;
-    let p = 1.0
-        + t * (1.0
-            + t * (0.5
-                + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0 + t * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 /// Normalised Shannon entropy of the draft distribution, H(x) / ln |V|, in [0, 1].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,17 +101,17 @@ pub struct Entropy {}
 
 #[typetag::serde(name = "entropy")]
 impl UncertaintyEstimator for Entropy {
-    fn estimate(&self, logits: &[f32], _draft: TokenId, _rng: &mut dyn RngCore) -> Result<f32> {
-        if logits.len() < 2 {
+    fn estimate(
+        &self,
+        logits: &dyn NextTokenLogits,
+        _draft: TokenId,
+        _rng: &mut dyn RngCore,
+    ) -> Result<f32> {
+        let n = logits.vocab_size();
+        if n < 2 {
             return Ok(0.0);
         }
-        let p = hlm_core::sampling::softmax_with_temperature(logits, 1.0);
-        let h: f64 = p
-            .iter()
-            .filter(|&&q| q > 0.0)
-            .map(|&q| -(q as f64) * (q as f64).ln())
-            .sum();
-        Ok((h / (logits.len() as f64).ln()) as f32)
+        Ok((logits.entropy()? as f64 / (n as f64).ln()) as f32)
     }
 }
 
@@ -170,17 +122,13 @@ pub struct TopProbabilityMargin {}
 
 #[typetag::serde(name = "top_probability_margin")]
 impl UncertaintyEstimator for TopProbabilityMargin {
-    fn estimate(&self, logits: &[f32], _draft: TokenId, _rng: &mut dyn RngCore) -> Result<f32> {
-        let p = hlm_core::sampling::softmax_with_temperature(logits, 1.0);
-        let (mut a, mut b) = (0f32, 0f32);
-        for &q in &p {
-            if q > a {
-                b = a;
-                a = q;
-            } else if q > b {
-                b = q;
-            }
-        }
+    fn estimate(
+        &self,
+        logits: &dyn NextTokenLogits,
+        _draft: TokenId,
+        _rng: &mut dyn RngCore,
+    ) -> Result<f32> {
+        let [a, b] = logits.top_two_probs()?;
         Ok(1.0 - (a - b))
     }
 }
@@ -189,20 +137,13 @@ impl UncertaintyEstimator for TopProbabilityMargin {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fast_exp_matches_libm_to_f32_precision() {
-        let mut worst = 0f64;
-        for i in 0..=200_000 {
-            let x = -(i as f32) * 87.0 / 200_000.0;
-            let want = (x as f64).exp();
-            let got = exp_nonpositive(x) as f64;
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 5e-6, "worst relative error {worst}");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert!(exp_nonpositive(-1000.0) < 1e-37);
-    }
     use rand::SeedableRng;
+
+    use hlm_core::HostLogits;
+
+    fn host(l: &[f32]) -> HostLogits {
+        HostLogits::new(l.to_vec())
+    }
 
     fn rng() -> rand_chacha::ChaCha8Rng {
         rand_chacha::ChaCha8Rng::seed_from_u64(3)
@@ -229,7 +170,7 @@ mod tests {
         let mut r = rng();
         let n = 4000;
         let mean: f64 = (0..n)
-            .map(|_| est.estimate(&logits, draft, &mut r).unwrap() as f64)
+            .map(|_| est.estimate(&host(&logits), draft, &mut r).unwrap() as f64)
             .sum::<f64>()
             / n as f64;
         // std of a single u is at most 0.5/sqrt(20); of the mean ≈ 0.0018.
@@ -240,14 +181,14 @@ mod tests {
     fn perturbation_of_a_certain_token_is_zero_and_of_a_wrong_one_is_one() {
         let logits = [100.0f32, 0.0, 0.0];
         let est = TemperaturePerturbation::default();
-        assert_eq!(est.estimate(&logits, 0, &mut rng()).unwrap(), 0.0);
-        assert_eq!(est.estimate(&logits, 1, &mut rng()).unwrap(), 1.0);
+        assert_eq!(est.estimate(&host(&logits), 0, &mut rng()).unwrap(), 0.0);
+        assert_eq!(est.estimate(&host(&logits), 1, &mut rng()).unwrap(), 1.0);
         let even = TemperaturePerturbation {
             spacing: TemperatureSpacing::Even,
             samples: 4,
             ..Default::default()
         };
-        assert_eq!(even.estimate(&logits, 0, &mut rng()).unwrap(), 0.0);
+        assert_eq!(even.estimate(&host(&logits), 0, &mut rng()).unwrap(), 0.0);
         assert!(
             TemperaturePerturbation {
                 samples: 0,
@@ -261,12 +202,14 @@ mod tests {
     #[test]
     fn entropy_and_margin_hand_computed() {
         let uniform = [0.0f32; 4];
-        assert!((Entropy {}.estimate(&uniform, 0, &mut rng()).unwrap() - 1.0).abs() < 1e-6);
+        assert!((Entropy {}.estimate(&host(&uniform), 0, &mut rng()).unwrap() - 1.0).abs() < 1e-6);
         // p = (0.5, 0.25, 0.25): H = 1.5 ln 2; / ln 3
         let l = [2f32.ln(), 0.0, 0.0];
-        let h = Entropy {}.estimate(&l, 0, &mut rng()).unwrap();
+        let h = Entropy {}.estimate(&host(&l), 0, &mut rng()).unwrap();
         assert!((h as f64 - 1.5 * 2f64.ln() / 3f64.ln()).abs() < 1e-6);
-        let m = TopProbabilityMargin {}.estimate(&l, 0, &mut rng()).unwrap();
+        let m = TopProbabilityMargin {}
+            .estimate(&host(&l), 0, &mut rng())
+            .unwrap();
         assert!((m - 0.75).abs() < 1e-6);
     }
 }

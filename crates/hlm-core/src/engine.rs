@@ -18,17 +18,21 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{FilterAction, GenerationConfig, PipelineConfig, SpeculationConfig};
-use crate::sampling::{sample, softmax_with_temperature, token_index_bits};
+use crate::logits::NextTokenLogits;
+use crate::sampling::{softmax_with_temperature, token_index_bits};
 use crate::stats::{RunStats, TokenEvent, TokenKind};
 use crate::{
     BuildContext, CodecHints, Costs, Direction, DraftModel, DraftToken, EnergyModel, HlmError,
     LinkModel, Result, SessionParams, TextTokenizer, TokenId, TokenView, Transfer, UploadCodec,
     UploadRule, Verdict, Verifier, VerifyRequest, Work,
 };
+
+/// The draft model's logits for the next position, wherever they live.
+type Logits = Box<dyn NextTokenLogits>;
 
 /// Random streams of a run, one per consumer, so that (for example) changing the filter does
 /// not change the draft samples of the same seed.
@@ -423,16 +427,18 @@ impl<'p, 'c> Run<'p, 'c> {
         }
     }
 
-    /// Sample a draft from `logits` and feed it to the draft model; returns the draft, its
-    /// distribution and the model's step.
+    /// Sample a draft from `logits` (where they live: one token comes back) and feed it to the
+    /// draft model; returns the draft and the model's step.
     fn draft_one(
         &mut self,
-        logits: &[f32],
+        logits: &dyn NextTokenLogits,
         attention: Option<&crate::LayerSelection>,
-    ) -> Result<(TokenId, Vec<f32>, crate::DraftStep, Instant)> {
+    ) -> Result<(TokenId, crate::DraftStep, Instant)> {
         let t0 = Instant::now();
-        let probs = softmax_with_temperature(logits, self.p.generation.temperature);
-        let d = sample(&probs, &mut self.rng_draft) as TokenId;
+        let d = logits.sample(
+            self.p.generation.temperature,
+            self.rng_draft.random::<f64>(),
+        )?;
         let draft = self
             .p
             .draft
@@ -440,12 +446,12 @@ impl<'p, 'c> Run<'p, 'c> {
             .ok_or_else(|| HlmError::Model("no draft model".into()))?;
         let step = draft.forward(&[d], attention)?;
         self.stats.drafted += 1;
-        Ok((d, probs, step, t0))
+        Ok((d, step, t0))
     }
 
-    fn slm_only(&mut self, mut logits: Vec<f32>) -> Result<()> {
+    fn slm_only(&mut self, mut logits: Logits) -> Result<()> {
         while !self.ended() {
-            let (d, _probs, step, t0) = self.draft_one(&logits, None)?;
+            let (d, step, t0) = self.draft_one(logits.as_ref(), None)?;
             logits = step.logits;
             self.stats.skips += 1;
             self.account(Work {
@@ -533,17 +539,18 @@ impl<'p, 'c> Run<'p, 'c> {
         Ok((outcome.verdicts, outcome.target_probs))
     }
 
-    fn hybrid(&mut self, mut logits: Vec<f32>) -> Result<()> {
+    fn hybrid(&mut self, mut logits: Logits) -> Result<()> {
         let gamma = self.p.speculation.gamma;
         let action = self.p.speculation.filter_action;
         let attention = self.p.upload.as_ref().and_then(|u| u.attention_layers());
         let mut round: Vec<Pending> = Vec::new();
         let mut uploaded_in_round = 0usize;
         while !self.ended() {
-            let (d, probs, step, t0) = self.draft_one(&logits, attention.as_ref())?;
+            let (d, step, t0) = self.draft_one(logits.as_ref(), attention.as_ref())?;
+            let temperature = self.p.generation.temperature;
             let view = TokenView {
-                logits: &logits,
-                probs: &probs,
+                logits: logits.as_ref(),
+                temperature,
                 draft: d,
                 attention: step.attention.as_ref(),
                 position: self.committed.len() + round.len(),
@@ -555,7 +562,8 @@ impl<'p, 'c> Run<'p, 'c> {
                 .ok_or_else(|| HlmError::invalid("upload", "absent", "required"))?;
             let mut decision = upload.decide(&view, &mut self.rng_filter)?;
             decision.upload |= self.p.upload_everything;
-            let draft_prob = probs.get(d as usize).copied().unwrap_or(0.0);
+            // x_d, the draft's probability under the distribution it was sampled from.
+            let draft_prob = logits.token_probs(d, &[temperature])?[0];
             let codec = self
                 .p
                 .codec
@@ -566,6 +574,8 @@ impl<'p, 'c> Run<'p, 'c> {
             };
             let send_payload = decision.upload || action == FilterAction::StopDrafting;
             let payload = if send_payload {
+                // The one place the whole distribution leaves the device: it is being sent.
+                let probs = softmax_with_temperature(&logits.to_host()?, temperature);
                 Some(codec.encode(&probs, d, &hints)?)
             } else {
                 None
@@ -623,11 +633,7 @@ impl<'p, 'c> Run<'p, 'c> {
 
     /// Verify one round, commit its outcome and roll the draft model back if needed. Returns the
     /// draft model's logits for the next position.
-    fn verify_round(
-        &mut self,
-        round: Vec<Pending>,
-        logits_after_round: Vec<f32>,
-    ) -> Result<Vec<f32>> {
+    fn verify_round(&mut self, round: Vec<Pending>, logits_after_round: Logits) -> Result<Logits> {
         let (context, context_bits) = self.take_unsent_context();
         let last_is_eos = round.last().is_some_and(|p| self.eos.contains(&p.token));
         let room = self.committed.len() + round.len() < self.max_new();
@@ -733,9 +739,9 @@ impl<'p, 'c> Run<'p, 'c> {
         &mut self,
         undelivered_context: Vec<TokenId>,
         round: Vec<Pending>,
-        logits_after_round: Vec<f32>,
+        logits_after_round: Logits,
         why: &str,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Logits> {
         tracing::warn!(
             "verifier unavailable, keeping {} drafts unverified: {why}",
             round.len()

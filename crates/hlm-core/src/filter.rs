@@ -7,15 +7,17 @@
 
 use rand::RngCore;
 
-use crate::{AttentionMap, LayerSelection, Result, TokenId};
+use crate::{AttentionMap, LayerSelection, NextTokenLogits, Result, TokenId};
 
 /// Everything the filter may look at for one drafted token.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenView<'a> {
-    /// Draft-model logits that produced the draft (temperature 1, before sampling).
-    pub logits: &'a [f32],
-    /// The draft distribution actually sampled from (after the sampling temperature).
-    pub probs: &'a [f32],
+    /// Draft-model logits that produced the draft (temperature 1, before sampling), where the
+    /// model keeps them: ask them small questions (see [`NextTokenLogits`]) rather than reading
+    /// the whole vector back.
+    pub logits: &'a dyn NextTokenLogits,
+    /// The sampling temperature the draft was drawn at.
+    pub temperature: f32,
     /// The drafted token.
     pub draft: TokenId,
     /// Attention of the newest position after feeding the draft, if the rule asked for it.
@@ -68,8 +70,14 @@ pub trait UploadRule: std::fmt::Debug + Send + Sync {
 /// Measures how unsure the draft model is about its draft token (higher = more uncertain).
 #[typetag::serde(tag = "type")]
 pub trait UncertaintyEstimator: std::fmt::Debug + Send + Sync {
-    /// Uncertainty of `draft` given the draft model's `logits`.
-    fn estimate(&self, logits: &[f32], draft: TokenId, rng: &mut dyn RngCore) -> Result<f32>;
+    /// Uncertainty of `draft` given the draft model's `logits` (on the model's device: use its
+    /// queries, which return a few numbers, rather than `to_host`).
+    fn estimate(
+        &self,
+        logits: &dyn NextTokenLogits,
+        draft: TokenId,
+        rng: &mut dyn RngCore,
+    ) -> Result<f32>;
     /// Check parameters before a run.
     fn validate(&self) -> Result<()> {
         Ok(())

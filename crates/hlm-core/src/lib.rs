@@ -30,6 +30,7 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod link;
+pub mod logits;
 pub mod model;
 pub mod registry;
 pub mod sampling;
@@ -49,6 +50,7 @@ pub use filter::{
     UploadDecision, UploadRule,
 };
 pub use link::{Direction, LinkModel, Transfer};
+pub use logits::{HostLogits, NextTokenLogits};
 pub use model::{
     BuildContext, DraftModel, DraftModelSpec, DraftStep, TargetModel, TargetModelSpec,
 };

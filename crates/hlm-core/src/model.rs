@@ -6,10 +6,11 @@ use std::sync::Arc;
 use crate::{AttentionMap, LayerSelection, Result, TextTokenizer, TokenId};
 
 /// What one draft forward pass returns.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DraftStep {
-    /// Logits of the next token after the last fed token (length = vocabulary size).
-    pub logits: Vec<f32>,
+    /// Logits of the next token after the last fed token (length = vocabulary size), where the
+    /// model computed them ([`crate::HostLogits`] for a model without a device path).
+    pub logits: Box<dyn crate::NextTokenLogits>,
     /// Attention probabilities of the newest position, when they were asked for.
     pub attention: Option<AttentionMap>,
 }

@@ -3,7 +3,9 @@
 //! [`DraftSurprise`] is an [`UncertaintyEstimator`]: u = 1 − p(d), one minus the probability the
 //! draft model gives its own draft token (at temperature 1). Confident drafts score near 0 and
 //! are skipped by any threshold; long-shot drafts score near 1 and are uploaded. It costs one
-//! softmax, against K samples for temperature perturbation.
+//! softmax, against K for temperature perturbation. It asks the logits one question
+//! (`token_probs`), which a model on a GPU answers there: one number comes back, not the
+//! vocabulary.
 //!
 //! Three steps make it usable from a config file:
 //! 1. implement the trait and register it: `#[typetag::serde(name = "draft_surprise")]`;
@@ -12,8 +14,7 @@
 //! 3. name it in a config: `[upload.uncertainty.estimator] type = "draft_surprise"`
 //!    (see `surprise-hlm.toml` next to this crate).
 
-use hlm_core::sampling::softmax_with_temperature;
-use hlm_core::{HlmError, Result, TokenId, UncertaintyEstimator};
+use hlm_core::{HlmError, NextTokenLogits, Result, TokenId, UncertaintyEstimator};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -33,16 +34,14 @@ impl Default for DraftSurprise {
 
 #[typetag::serde(name = "draft_surprise")]
 impl UncertaintyEstimator for DraftSurprise {
-    fn estimate(&self, logits: &[f32], draft: TokenId, _rng: &mut dyn RngCore) -> Result<f32> {
-        let p = softmax_with_temperature(logits, self.temperature);
-        let pd = p.get(draft as usize).copied().ok_or_else(|| {
-            HlmError::invalid(
-                "draft",
-                draft,
-                format!("outside the vocabulary of {}", p.len()),
-            )
-        })?;
-        Ok(1.0 - pd)
+    fn estimate(
+        &self,
+        logits: &dyn NextTokenLogits,
+        draft: TokenId,
+        _rng: &mut dyn RngCore,
+    ) -> Result<f32> {
+        let pd = logits.token_probs(draft, &[self.temperature])?;
+        Ok(1.0 - pd[0])
     }
 
     fn validate(&self) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hlm_core::{PipelineConfig, UncertaintyEstimator};
+use hlm_core::{HostLogits, PipelineConfig, UncertaintyEstimator};
 use hlm_surprise_filter::DraftSurprise;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -11,7 +11,7 @@ use rand_chacha::rand_core::SeedableRng;
 #[test]
 fn estimator_is_one_minus_draft_probability() {
     // softmax([0, ln 3]) = [0.25, 0.75]
-    let logits = [0.0, 3f32.ln()];
+    let logits = HostLogits::new(vec![0.0, 3f32.ln()]);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let e = DraftSurprise::default();
     assert!((e.estimate(&logits, 1, &mut rng).unwrap() - 0.25).abs() < 1e-6);

@@ -15,6 +15,7 @@ use super::model::{LogitRows, Network};
 use super::tokenizer::load_tokenizer;
 use super::weights::{SafetensorsFiles, WeightStore};
 use crate::gguf::GgufFile;
+use crate::logits::DeviceLogits;
 
 /// Where a model's files are, once a path has been classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,16 +226,14 @@ impl DraftModel for Transformer {
             Some(sel) => sel.resolve(self.network.config().n_layers)?,
             None => Vec::new(),
         };
-        let out = self
-            .network
-            .forward(tokens, &mut self.cache, LogitRows::Last, &layers)?;
+        let out =
+            self.network
+                .forward(tokens, &mut self.cache, LogitRows::LastOnDevice, &layers)?;
         let logits = out
-            .logits
-            .into_iter()
-            .next_back()
+            .device_logits
             .ok_or_else(|| HlmError::Model("forward returned no logits".into()))?;
         Ok(DraftStep {
-            logits,
+            logits: Box::new(DeviceLogits::new(logits)),
             attention: attention.map(|_| AttentionMap {
                 layers: out.attention,
             }),

@@ -45,16 +45,21 @@ struct Block {
 /// Which positions get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitRows {
-    /// Only the last fed position (drafting).
+    /// Only the last fed position, read back to the host.
     Last,
+    /// Only the last fed position, left on the device (drafting: the token filter queries it
+    /// there and only small results come back).
+    LastOnDevice,
     /// Every fed position (verification).
     All,
 }
 
 /// What one forward pass returns.
 pub struct ForwardOutput {
-    /// Logits per requested position, in order.
+    /// Logits per requested position, in order (empty for [`LogitRows::LastOnDevice`]).
     pub logits: Vec<Vec<f32>>,
+    /// The last position's logits `[vocab]` on the device, for [`LogitRows::LastOnDevice`].
+    pub device_logits: Option<Tensor<1>>,
     /// Attention of the newest position for the requested layers, in layer order.
     pub attention: Vec<LayerAttention>,
 }
@@ -288,8 +293,8 @@ impl Network {
         // The rows that get logits: per sequence all of them, or only its last.
         let x = match rows {
             LogitRows::All => x,
-            LogitRows::Last if single => x.narrow(0, offset - 1, 1),
-            LogitRows::Last => Tensor::cat(
+            LogitRows::Last | LogitRows::LastOnDevice if single => x.narrow(0, offset - 1, 1),
+            LogitRows::Last | LogitRows::LastOnDevice => Tensor::cat(
                 layout
                     .iter()
                     .map(|(off, seq, ..)| x.clone().narrow(0, off + seq - 1, 1))
@@ -299,6 +304,18 @@ impl Network {
         };
         let n_rows = x.dims()[0];
         let logits = rms_norm(x, &self.final_norm, cfg.rms_eps).matmul(self.lm_head.clone());
+        if rows == LogitRows::LastOnDevice {
+            let vocab = cfg.vocab_size;
+            return Ok(attention
+                .into_iter()
+                .enumerate()
+                .map(|(i, attention)| ForwardOutput {
+                    logits: Vec::new(),
+                    device_logits: Some(logits.clone().narrow(0, i, 1).reshape([vocab])),
+                    attention,
+                })
+                .collect());
+        }
         let flat = read_f32(logits)?;
         if flat.len() != n_rows * cfg.vocab_size {
             return Err(HlmError::Model(format!(
@@ -312,10 +329,11 @@ impl Network {
         for ((_, seq, ..), attention) in layout.iter().zip(attention) {
             let n = match rows {
                 LogitRows::All => *seq,
-                LogitRows::Last => 1,
+                LogitRows::Last | LogitRows::LastOnDevice => 1,
             };
             outputs.push(ForwardOutput {
                 logits: rows_iter.by_ref().take(n).collect(),
+                device_logits: None,
                 attention,
             });
         }

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use hlm_core::{
-    AttentionMap, DraftModel, DraftStep, HlmError, LayerAttention, LayerSelection, Result,
-    TargetModel, TextTokenizer, TokenId,
+    AttentionMap, DraftModel, DraftStep, HlmError, HostLogits, LayerAttention, LayerSelection,
+    Result, TargetModel, TextTokenizer, TokenId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -133,7 +133,7 @@ impl DraftModel for TableLm {
             }],
         });
         Ok(DraftStep {
-            logits: self.logits_after(&self.history),
+            logits: HostLogits::boxed(self.logits_after(&self.history)),
             attention,
         })
     }

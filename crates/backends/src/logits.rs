@@ -1,0 +1,181 @@
+//! Draft logits kept on the model's burn device, and the token filter's queries on them.
+//!
+//! Each query is a handful of tensor ops over the vocabulary that run where the logits are
+//! (flex on the CPU, wgpu on any GPU) and return a few numbers: the draft's probability at K
+//! temperatures is one `[K, V]` log-sum-exp, a sample is one cumulative sum and a count. The
+//! whole vector is read back only by [`NextTokenLogits::to_host`], which the engine calls for
+//! tokens it uploads. The math is [`hlm_core::logits`]'s host reference, in f32 on the device.
+
+use std::sync::{Arc, OnceLock};
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Int, Tensor, TensorData};
+use hlm_core::logits::check_token;
+use hlm_core::{HlmError, NextTokenLogits, Result, TokenId};
+
+/// Logits `[vocab]` on a burn device.
+pub struct DeviceLogits {
+    logits: Tensor<1>,
+    vocab: usize,
+    host: OnceLock<Arc<[f32]>>,
+    argmax: OnceLock<usize>,
+}
+
+impl std::fmt::Debug for DeviceLogits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceLogits")
+            .field("vocab", &self.vocab)
+            .field("device", &self.logits.device())
+            .finish()
+    }
+}
+
+impl DeviceLogits {
+    /// Wrap a `[vocab]` tensor.
+    pub fn new(logits: Tensor<1>) -> Self {
+        let vocab = logits.dims()[0];
+        DeviceLogits {
+            logits,
+            vocab,
+            host: OnceLock::new(),
+            argmax: OnceLock::new(),
+        }
+    }
+
+    /// `[1, vocab]`, the shape every query starts from.
+    fn row(&self) -> Tensor<2> {
+        self.logits.clone().reshape([1, self.vocab])
+    }
+
+    fn argmax(&self) -> Result<usize> {
+        if let Some(&i) = self.argmax.get() {
+            return Ok(i);
+        }
+        let i = read_ints(self.logits.clone().argmax(0))?
+            .first()
+            .copied()
+            .ok_or_else(|| HlmError::Model("argmax returned nothing".into()))?;
+        let i = usize::try_from(i).map_err(|_| HlmError::Model(format!("argmax returned {i}")))?;
+        Ok(*self.argmax.get_or_init(|| i))
+    }
+
+    fn non_empty(&self) -> Result<()> {
+        if self.vocab == 0 {
+            return Err(HlmError::Filter("empty logits".into()));
+        }
+        Ok(())
+    }
+}
+
+impl NextTokenLogits for DeviceLogits {
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    fn to_host(&self) -> Result<Arc<[f32]>> {
+        if let Some(h) = self.host.get() {
+            return Ok(h.clone());
+        }
+        let v: Arc<[f32]> = read_floats(self.logits.clone())?.into();
+        Ok(self.host.get_or_init(|| v).clone())
+    }
+
+    fn token_probs(&self, token: TokenId, temperatures: &[f32]) -> Result<Vec<f32>> {
+        self.non_empty()?;
+        let d = check_token(token, self.vocab)?;
+        // Temperatures <= 0 are the argmax's one-hot distribution; the rest go through one
+        // [K, V] pass: log p_d(θ) = l_d/θ − logsumexp(l/θ), with the max subtracted first.
+        let positive: Vec<f32> = temperatures.iter().copied().filter(|&t| t > 0.0).collect();
+        let mut device_probs = Vec::new();
+        if !positive.is_empty() {
+            let k = positive.len();
+            let inv: Vec<f32> = positive.iter().map(|t| 1.0 / t).collect();
+            let inv = Tensor::<2>::from_data(TensorData::new(inv, [k, 1]), &self.logits.device());
+            let scaled = self.row().expand([k, self.vocab]) * inv.expand([k, self.vocab]);
+            let max = scaled.clone().max_dim(1);
+            let shifted = scaled - max.expand([k, self.vocab]);
+            let log_z = shifted.clone().exp().sum_dim(1).log();
+            let log_pd = shifted.narrow(1, d, 1) - log_z;
+            device_probs = read_floats(log_pd.exp())?;
+        }
+        let best = if positive.len() < temperatures.len() {
+            Some(self.argmax()?)
+        } else {
+            None
+        };
+        let mut from_device = device_probs.into_iter();
+        temperatures
+            .iter()
+            .map(|&t| {
+                if t > 0.0 {
+                    from_device
+                        .next()
+                        .ok_or_else(|| HlmError::Model("too few probabilities read back".into()))
+                } else {
+                    Ok(if best == Some(d) { 1.0 } else { 0.0 })
+                }
+            })
+            .collect()
+    }
+
+    fn entropy(&self) -> Result<f32> {
+        self.non_empty()?;
+        let p = softmax(self.row(), 1);
+        let log_p = log_softmax(self.row(), 1);
+        let h = (p * log_p).sum().neg();
+        first(read_floats(h)?)
+    }
+
+    fn top_two_probs(&self) -> Result<[f32; 2]> {
+        self.non_empty()?;
+        if self.vocab == 1 {
+            return Ok([1.0, 0.0]);
+        }
+        let top = read_floats(softmax(self.row(), 1).topk(2, 1))?;
+        match top[..] {
+            [a, b] => Ok([a, b]),
+            _ => Err(HlmError::Model(format!(
+                "top-2 read back {} values",
+                top.len()
+            ))),
+        }
+    }
+
+    fn sample(&self, temperature: f32, u: f64) -> Result<TokenId> {
+        self.non_empty()?;
+        if temperature <= 0.0 {
+            return Ok(self.argmax()? as TokenId);
+        }
+        // Inverse CDF: the token is the number of cumulative probabilities <= u · total.
+        let cdf = softmax(self.row().div_scalar(temperature), 1).cumsum(1);
+        let target = cdf
+            .clone()
+            .narrow(1, self.vocab - 1, 1)
+            .mul_scalar(u as f32)
+            .expand([1, self.vocab]);
+        let below = cdf.lower_equal(target).int().sum();
+        let n = first(read_ints(below)?)?;
+        // Rounding can put u · total at or past the last cumulative value.
+        Ok((n.max(0) as usize).min(self.vocab - 1) as TokenId)
+    }
+
+    fn location(&self) -> String {
+        format!("{:?}", self.logits.device())
+    }
+}
+
+fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| HlmError::Model(format!("cannot read logits back from the device: {e:?}")))
+}
+
+fn read_ints<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
+    t.try_into_vec_as::<i64>()
+        .map_err(|e| HlmError::Model(format!("cannot read an index back from the device: {e:?}")))
+}
+
+fn first<T: Copy>(v: Vec<T>) -> Result<T> {
+    v.first()
+        .copied()
+        .ok_or_else(|| HlmError::Model("the device returned no value".into()))
+}
