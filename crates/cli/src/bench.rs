@@ -1,5 +1,6 @@
 //! `hlm bench`: every method on every prompt, the paper's comparison table.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -260,6 +261,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    // Without a terminal the bar draws nothing: log each finished run instead (CI, nohup).
+    let plain = !std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
     let ctx = args.overrides.build_context(&base0);
     let mut session = bench::Bench::new(&prompts, ctx, scorer.as_ref());
     let mut reusable: Vec<PromptResult> = Vec::new();
@@ -302,6 +306,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             Progress::Done { method, prompt } => {
                 bar.set_message(format!("{label} {method}: {prompt}"));
                 bar.inc(1);
+                if plain {
+                    eprintln!(
+                        "[{:>6.0} s] run {}/{total} {label} {method}: {prompt}",
+                        started.elapsed().as_secs_f64(),
+                        bar.position()
+                    );
+                }
             }
         })?;
         reusable.extend(

@@ -81,3 +81,53 @@ fn raising_each_knob_lowers_the_upload_rate() {
         assert!(rates[2] < rates[0], "{name} had no effect: {rates:?}");
     }
 }
+
+/// Calibration on the real pair (what `hlm calibrate` fits): with every token uploaded, the
+/// exact rejection probability max(0, 1 − y_d/x_d) rises with the temperature-perturbation
+/// uncertainty, as U-HLM found on TinyLlama/LLaMA-2 (a = 0.815, b = −0.066).
+#[test]
+#[ignore = "needs the fetched Qwen pair and minutes of CPU; run with --ignored"]
+fn calibration_finds_rejection_rising_with_uncertainty() {
+    hlm_cli::link_builtin_plugins();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cfg = PipelineConfig::load(
+        &root.join("configs/u-hlm.toml"),
+        &["generation.max_new_tokens=24".to_string()],
+    )
+    .expect("configs/u-hlm.toml");
+    let ctx = BuildContext {
+        device: "cpu".into(),
+        models_dir: Some(hlm_core::registry::models_dir()),
+        link_toml: None,
+    };
+    let mut p = hlm_core::Pipeline::from_config(cfg, &ctx).expect("the Qwen pair (fetched?)");
+    p.upload_everything = true;
+    let tok = p.tokenizer.clone().expect("a tokenizer");
+    let mut points = Vec::new();
+    for text in [
+        "def fibonacci(n):",
+        "Explain what a hash map is.",
+        "Why is the sky blue?",
+    ] {
+        let prompt = tok.encode(text).expect("encode");
+        let r = p.generate(&prompt, &mut |_| {}).expect("run");
+        points.extend(
+            r.records.iter().filter_map(|rec| {
+                Some((rec.uncertainty? as f64, rec.rejection_probability? as f64))
+            }),
+        );
+    }
+    let fit = hlm_filters::calibration::fit_line(&points).expect("a line through the points");
+    eprintln!(
+        "{} tokens: rejection = {:.3} u + {:.4}, R² = {:.3}",
+        points.len(),
+        fit.a,
+        fit.b,
+        fit.r2
+    );
+    assert!(points.len() >= 48, "only {} judged tokens", points.len());
+    assert!(
+        fit.a > 0.0,
+        "rejection does not rise with uncertainty: {fit:?}"
+    );
+}
