@@ -149,7 +149,8 @@ pub fn calibrate(args: CalibrateArgs) -> Result<()> {
     if let Some(out) = &args.write {
         let (Some(f), Some(_)) = (fit, threshold) else {
             bail!(
-                "the fitted slope is not positive, so no risk threshold can be derived; nothing written"
+                "the fitted slope is below {} (rejection does not rise with uncertainty), so no risk threshold can be derived; nothing written",
+                hlm_filters::calibration::MIN_SLOPE
             );
         };
         let mut o = overrides.clone();
@@ -254,7 +255,7 @@ fn print_report(
                     "uncertainty threshold for max risk {max_risk}: u_th = {u:.4} (skip while u ≤ u_th)"
                 ),
                 None => println!(
-                    "the slope is not positive: uncertainty does not predict rejection here"
+                    "the slope is below the minimum (rejection does not rise with uncertainty): no threshold"
                 ),
             }
         }

@@ -119,9 +119,15 @@ pub fn binned(points: &[(f64, f64)], lo: f64, hi: f64, bins: usize) -> Vec<Bin> 
         .collect()
 }
 
-/// U-HLM's threshold: the uncertainty at which the fitted risk a·u + b reaches `max_risk`.
+/// The smallest slope that makes a threshold: the fitted rejection probability must rise by at
+/// least 0.001 from u = 0 to u = 1. Below that the line is flat noise (e.g. a pair that never
+/// rejects) and (max_risk − b) / a would be an arbitrary, possibly huge, number.
+pub const MIN_SLOPE: f64 = 1e-3;
+
+/// U-HLM's threshold: the uncertainty at which the fitted risk a·u + b reaches `max_risk`;
+/// `None` unless the slope is at least [`MIN_SLOPE`].
 pub fn risk_threshold(fit: &LineFit, max_risk: f64) -> Option<f64> {
-    (fit.a > 0.0).then(|| (max_risk - fit.b) / fit.a)
+    (fit.a >= MIN_SLOPE).then(|| (max_risk - fit.b) / fit.a)
 }
 
 #[cfg(test)]
@@ -168,6 +174,10 @@ mod tests {
             risk_threshold(&f, 0.0).is_none(),
             "negative slope has no risk threshold"
         );
+        // A pair that (almost) never rejects: a flat line gives no threshold either.
+        let flat = fit_line(&[(0.0, 0.0), (1.0, 1e-6), (0.5, 0.0)]).unwrap();
+        assert!(flat.a > 0.0 && flat.a < MIN_SLOPE, "{flat:?}");
+        assert!(risk_threshold(&flat, 0.05).is_none());
     }
 
     #[test]
