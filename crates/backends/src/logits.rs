@@ -2,9 +2,11 @@
 //!
 //! Each query is a handful of tensor ops over the vocabulary that run where the logits are
 //! (flex on the CPU, wgpu on any GPU) and return a few numbers: the draft's probability at K
-//! temperatures is one `[K, V]` log-sum-exp, a sample is one cumulative sum and a count. The
-//! whole vector is read back only by [`NextTokenLogits::to_host`], which the engine calls for
-//! tokens it uploads. The math is [`hlm_core::logits`]'s host reference, in f32 on the device.
+//! temperatures is one `[K, V]` scale-exp-sum with K + 1 numbers read back, a sample is one
+//! cumulative sum and a count. The whole vector is read back only by
+//! [`NextTokenLogits::to_host`], which the engine calls for tokens it uploads. The math is
+//! [`hlm_core::logits`]'s host reference, in f32 on the device. Over 151,936 logits with
+//! K = 20, flex takes 10.5 ms against 11.8 ms for the host kernels (`--bench device_filter`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -83,20 +85,32 @@ impl NextTokenLogits for DeviceLogits {
     fn token_probs(&self, token: TokenId, temperatures: &[f32]) -> Result<Vec<f32>> {
         self.non_empty()?;
         let d = check_token(token, self.vocab)?;
-        // Temperatures <= 0 are the argmax's one-hot distribution; the rest go through one
-        // [K, V] pass: log p_d(θ) = l_d/θ − logsumexp(l/θ), with the max subtracted first.
+        // Temperatures <= 0 are the argmax's one-hot distribution. The rest share one [K, V]
+        // pass: with s = l − max(l), p_d(θ) = exp(s_d/θ) / Σ_i exp(s_i/θ). The device computes
+        // the K sums and s_d (three passes over [K, V]: scale, exp, sum) and sends back K + 1
+        // numbers; the K divisions happen here.
         let positive: Vec<f32> = temperatures.iter().copied().filter(|&t| t > 0.0).collect();
         let mut device_probs = Vec::new();
         if !positive.is_empty() {
-            let k = positive.len();
+            let (k, v) = (positive.len(), self.vocab);
+            let row = self.row();
+            let shifted = row.clone() - row.max_dim(1).expand([1, v]);
             let inv: Vec<f32> = positive.iter().map(|t| 1.0 / t).collect();
-            let inv = Tensor::<2>::from_data(TensorData::new(inv, [k, 1]), &self.logits.device());
-            let scaled = self.row().expand([k, self.vocab]) * inv.expand([k, self.vocab]);
-            let max = scaled.clone().max_dim(1);
-            let shifted = scaled - max.expand([k, self.vocab]);
-            let log_z = shifted.clone().exp().sum_dim(1).log();
-            let log_pd = shifted.narrow(1, d, 1) - log_z;
-            device_probs = read_floats(log_pd.exp())?;
+            let inv_t =
+                Tensor::<2>::from_data(TensorData::new(inv.clone(), [k, 1]), &self.logits.device());
+            let sums = (shifted.clone().expand([k, v]) * inv_t.expand([k, v]))
+                .exp()
+                .sum_dim(1)
+                .reshape([k]);
+            let s_d = shifted.narrow(1, d, 1).reshape([1]);
+            let back = read_floats(Tensor::cat(vec![sums, s_d], 0))?;
+            let (sums, s_d) = back.split_at(k);
+            let s_d = first(s_d.to_vec())?;
+            device_probs = sums
+                .iter()
+                .zip(&inv)
+                .map(|(z, inv)| (s_d * inv).exp() / z)
+                .collect();
         }
         let best = if positive.len() < temperatures.len() {
             Some(self.argmax()?)

@@ -599,7 +599,12 @@ fn bench_runs_every_method_on_every_prompt() {
         .clone();
     assert_eq!(first["generated_ids"], single["generated_ids"]);
     // Plots, and `hlm report` regenerates table and plots from results.json alone.
-    for f in ["saving_vs_quality.svg", "saving_vs_quality.png"] {
+    for f in [
+        "saving_vs_quality.svg",
+        "saving_vs_quality.png",
+        "throughput_vs_quality.svg",
+        "throughput_vs_quality.png",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     std::fs::remove_file(out.join("table.md")).expect("rm");

@@ -232,6 +232,17 @@ pub fn bench_plots(dir: &Path, points: &[Point<'_>]) -> Result<Vec<PathBuf>, Plo
             &pareto_fronts(&tradeoff),
         )?);
     }
+    // The papers' other headline: token throughput (modelled: device, link and server time).
+    let speed = per_method(&|m, _| Some((quality(m)?, m.modelled_tokens_per_s)));
+    if !speed.is_empty() {
+        written.extend(draw(
+            &dir.join("throughput_vs_quality"),
+            "Token throughput vs quality",
+            quality_name,
+            "generated tokens per modelled second",
+            &pareto_fronts(&speed),
+        )?);
+    }
     if let Some((key, _)) = first.values.first() {
         let x = |p: &Point| p.values.first().map(|(_, v)| *v);
         let curves: [(&str, &str, &MetricOf); 4] = [
