@@ -11,7 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use hlm_core::logits::check_token;
 use hlm_core::{HlmError, NextTokenLogits, Result, TokenId};
 
@@ -96,16 +96,40 @@ impl NextTokenLogits for DeviceLogits {
             let row = self.row();
             let shifted = row.clone() - row.max_dim(1).expand([1, v]);
             let inv: Vec<f32> = positive.iter().map(|t| 1.0 / t).collect();
-            let inv_t =
-                Tensor::<2>::from_data(TensorData::new(inv.clone(), [k, 1]), &self.logits.device());
-            let sums = (shifted.clone().expand([k, v]) * inv_t.expand([k, v]))
-                .exp()
-                .sum_dim(1)
-                .reshape([k]);
-            let s_d = shifted.narrow(1, d, 1).reshape([1]);
-            let back = read_floats(Tensor::cat(vec![sums, s_d], 0))?;
-            let (sums, s_d) = back.split_at(k);
-            let s_d = first(s_d.to_vec())?;
+            let s_d = shifted.clone().narrow(1, d, 1).reshape([1]);
+            let device = self.logits.device();
+            let (sums, s_d) = if device == Device::flex() && k > 1 {
+                // flex runs each op on the calling thread: split the K rows over the cores
+                // (on a GPU one [K, V] pass is already parallel).
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let chunk = k.div_ceil(threads.min(k));
+                let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = inv
+                        .chunks(chunk)
+                        .map(|c| {
+                            let shifted = shifted.clone();
+                            scope.spawn(move || read_floats(exp_sums(shifted, c, v)))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(HlmError::Model("a filter thread panicked".into()))
+                            })
+                        })
+                        .collect()
+                });
+                let mut sums = Vec::with_capacity(k);
+                for p in parts {
+                    sums.extend(p?);
+                }
+                (sums, first(read_floats(s_d)?)?)
+            } else {
+                let back = read_floats(Tensor::cat(vec![exp_sums(shifted, &inv, v), s_d], 0))?;
+                let (sums, s_d) = back.split_at(k);
+                (sums.to_vec(), first(s_d.to_vec())?)
+            };
             device_probs = sums
                 .iter()
                 .zip(&inv)
@@ -176,6 +200,17 @@ impl NextTokenLogits for DeviceLogits {
     fn location(&self) -> String {
         format!("{:?}", self.logits.device())
     }
+}
+
+/// Σ_i exp(s_i · inv_k) for each inverse temperature: three passes over `[K, V]` (scale, exp,
+/// sum), `K` values out.
+fn exp_sums(shifted: Tensor<2>, inv: &[f32], vocab: usize) -> Tensor<1> {
+    let k = inv.len();
+    let inv = Tensor::<2>::from_data(TensorData::new(inv.to_vec(), [k, 1]), &shifted.device());
+    (shifted.expand([k, vocab]) * inv.expand([k, vocab]))
+        .exp()
+        .sum_dim(1)
+        .reshape([k])
 }
 
 fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
