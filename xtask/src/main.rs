@@ -5,6 +5,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fetch;
 
 #[derive(Parser)]
@@ -18,7 +19,8 @@ Examples:
   cargo xtask models verify
   cargo xtask ci            # what .ci/run runs
   cargo xtask demo          # fetch the default pair and run the paper's method once
-  cargo xtask paper         # reproduce the paper's comparison table on the Qwen pair"
+  cargo xtask paper         # reproduce the paper's comparison table on the Qwen pair
+  cargo xtask bench decode  # prefill/decode speed and peak memory per model (vs llama.cpp)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +44,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks run on real models.
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Reproduce the paper's comparison table (configs/paper/) on the Qwen pair: SLM-only,
     /// LLM-only, standard HLM, U-HLM, the paper's method and CU-HLM on the same prompts and
     /// seeds, with BERTScore against the LLM-only output, tables and plots. Reports the CPU
@@ -71,6 +76,27 @@ const PAPER_PROMPTS: usize = 8;
 const PAPER_TOKENS: usize = 20;
 /// The methods of the paper's comparison, in table order.
 const PAPER_METHODS: &str = "slm,llm,hlm,u-hlm,iu-hlm,cu-hlm";
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Prefill and decode tokens/s and peak memory of each fetched model on the CPU
+    /// (`hlm generate`, greedy), next to llama.cpp on the same GGUF and thread count when
+    /// llama-cpp-python is installed (scripts/bench_llama_cpp.py).
+    Decode {
+        /// Models to measure (default: SmolLM2-135M, Qwen2.5-Coder 0.5B and 1.5B).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Tokens to decode after the prompt.
+        #[arg(long, short = 'n', default_value_t = 32)]
+        max_new_tokens: usize,
+        /// The prompt.
+        #[arg(
+            long,
+            default_value = "def quicksort(items):\n    \"\"\"Sort a list of numbers.\"\"\"\n"
+        )]
+        prompt: String,
+    },
+}
 
 #[derive(Subcommand)]
 enum ModelsCmd {
@@ -137,6 +163,11 @@ fn run(cli: Cli) -> Result<()> {
             cmd.args(&args);
             status(cmd, "hlm run")
         }
+        Cmd::Bench(BenchCmd::Decode {
+            models,
+            max_new_tokens,
+            prompt,
+        }) => bench::decode(&hlm_path()?, &models, &prompt, max_new_tokens),
         Cmd::Paper {
             limit,
             max_new_tokens,
@@ -188,6 +219,11 @@ fn fetch_all(names: &[&str]) -> Result<()> {
 /// reproduction and a user's own `hlm` share one set of artifacts) and return a command that
 /// runs its `hlm` binary.
 fn hlm() -> Result<Command> {
+    Ok(Command::new(hlm_path()?))
+}
+
+/// [`hlm`]'s binary path, after building the workspace.
+fn hlm_path() -> Result<std::path::PathBuf> {
     let mut build = cargo();
     build.args(["build", "--workspace", "--quiet"]);
     status(build, "cargo build --workspace")?;
@@ -204,7 +240,7 @@ fn hlm() -> Result<Command> {
             exe.display()
         );
     }
-    Ok(Command::new(exe))
+    Ok(exe)
 }
 
 /// CPU time (user + system, seconds) of every finished child process of this one.
