@@ -14,18 +14,69 @@ use super::rope::Rope;
 use super::weights::{LayerTensor, TensorName, WeightStore};
 
 /// A linear projection `y = x @ w + b`, with `w` of shape `[in, out]`.
+/// A linear layer, `[in, out]`, stored as column blocks `[in, out_j]` side by side.
+///
+/// On flex (eager, one op per calling thread; its matmul only parallelises above 192³
+/// multiply-adds, so a decode step's matrix-vector products ran on one core) the columns are
+/// split into one block per core at load and each block's product runs on its own scoped
+/// thread. On a GPU there is one block: the device parallelises.
 struct Linear {
-    weight: Tensor<2>,
+    blocks: Vec<Tensor<2>>,
     bias: Option<Tensor<1>>,
 }
 
 impl Linear {
+    /// Split a row-major `[inp, out]` matrix into `parts` column blocks on `device`.
+    fn new(w: &[f32], inp: usize, out: usize, parts: usize, device: &Device) -> Self {
+        let parts = parts.clamp(1, out.max(1));
+        let width = out.div_ceil(parts);
+        let blocks = (0..out)
+            .step_by(width)
+            .map(|start| {
+                let cols = width.min(out - start);
+                let mut block = Vec::with_capacity(inp * cols);
+                for row in w.chunks_exact(out) {
+                    block.extend_from_slice(&row[start..start + cols]);
+                }
+                Tensor::from_data(TensorData::new(block, [inp, cols]), device)
+            })
+            .collect();
+        Linear { blocks, bias: None }
+    }
+
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.clone());
+        let y = match &self.blocks[..] {
+            [w] => x.matmul(w.clone()),
+            blocks => {
+                let parts: Vec<Tensor<2>> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = blocks
+                        .iter()
+                        .map(|w| {
+                            let (x, w) = (x.clone(), w.clone());
+                            scope.spawn(move || x.matmul(w))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                        .collect()
+                });
+                Tensor::cat(parts, 1)
+            }
+        };
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
         }
+    }
+}
+
+/// Column blocks per linear layer on `device`: one per core on flex, one on a GPU.
+fn linear_parts(device: &Device) -> usize {
+    if *device == Device::flex() {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
     }
 }
 
@@ -107,9 +158,14 @@ impl Network {
             for &(t, o) in parts {
                 w.extend(store.load(TensorName::Layer(i, t), &[o, inp])?);
             }
-            let weight =
-                Tensor::from_data(TensorData::new(transpose(&w, out, inp), [inp, out]), device);
-            let bias = match bias {
+            let mut layer = Linear::new(
+                &transpose(&w, out, inp),
+                inp,
+                out,
+                linear_parts(device),
+                device,
+            );
+            layer.bias = match bias {
                 None => None,
                 Some(names) => {
                     let mut b = Vec::with_capacity(out);
@@ -119,7 +175,7 @@ impl Network {
                     Some(Tensor::from_data(TensorData::new(b, [out]), device))
                 }
             };
-            Ok(Linear { weight, bias })
+            Ok(layer)
         };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
