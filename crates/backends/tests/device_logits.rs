@@ -73,6 +73,15 @@ fn agree_with_host(device: &str) {
         assert!(same >= n - 3, "{device} T={t}: {same}/{n} samples agree");
     }
     assert_eq!(dev.sample(0.0, 0.7).expect("greedy"), best);
+    // After a draw at T, the drawn token's probability at T is read from that draw's
+    // distribution: the same value as computed afresh.
+    let d = dev.sample(0.6, 0.42).expect("draw");
+    let want = host.token_probs(d, &[0.6]).expect("host")[0];
+    let got = dev.token_probs(d, &[0.6]).expect("device")[0];
+    assert!(
+        (got - want).abs() <= 1e-6 + 1e-4 * want,
+        "{device} x_d {got} vs {want}"
+    );
 
     // The estimators give the same value from the same random stream.
     let estimators: [Box<dyn UncertaintyEstimator>; 3] = [
