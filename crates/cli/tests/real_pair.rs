@@ -34,24 +34,29 @@ lambda = {lambda:?}
     toml::from_str(&text).expect("upload rule")
 }
 
-/// Raising either knob of the paper's filter (the risk bound of the uncertainty condition,
-/// λ of the adaptive importance threshold) never raises the upload rate.
-#[test]
-#[ignore = "needs the fetched Qwen pair and minutes of CPU; run with --ignored"]
-fn raising_each_knob_lowers_the_upload_rate() {
+/// The pipeline of `configs/NAME` on the fetched pair, on the CPU, 24 tokens per prompt.
+fn real_pair(name: &str) -> hlm_core::Pipeline {
     hlm_cli::link_builtin_plugins();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cfg = PipelineConfig::load(
-        &root.join("configs/iu-hlm.toml"),
+        &root.join("configs").join(name),
         &["generation.max_new_tokens=24".to_string()],
     )
-    .expect("configs/iu-hlm.toml");
+    .unwrap_or_else(|e| panic!("configs/{name}: {e}"));
     let ctx = BuildContext {
         device: "cpu".into(),
         models_dir: Some(hlm_core::registry::models_dir()),
         link_toml: None,
     };
-    let mut p = hlm_core::Pipeline::from_config(cfg, &ctx).expect("the Qwen pair (fetched?)");
+    hlm_core::Pipeline::from_config(cfg, &ctx).expect("the Qwen pair (fetched?)")
+}
+
+/// Raising either knob of the paper's filter (the risk bound of the uncertainty condition,
+/// λ of the adaptive importance threshold) never raises the upload rate.
+#[test]
+#[ignore = "needs the fetched Qwen pair and minutes of CPU; run with --ignored"]
+fn raising_each_knob_lowers_the_upload_rate() {
+    let mut p = real_pair("iu-hlm.toml");
     let tok = p.tokenizer.clone().expect("a tokenizer");
     let prompts: Vec<Vec<u32>> = ["def fibonacci(n):", "Explain what a hash map is."]
         .iter()
@@ -88,19 +93,7 @@ fn raising_each_knob_lowers_the_upload_rate() {
 #[test]
 #[ignore = "needs the fetched Qwen pair and minutes of CPU; run with --ignored"]
 fn calibration_finds_rejection_rising_with_uncertainty() {
-    hlm_cli::link_builtin_plugins();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let cfg = PipelineConfig::load(
-        &root.join("configs/u-hlm.toml"),
-        &["generation.max_new_tokens=24".to_string()],
-    )
-    .expect("configs/u-hlm.toml");
-    let ctx = BuildContext {
-        device: "cpu".into(),
-        models_dir: Some(hlm_core::registry::models_dir()),
-        link_toml: None,
-    };
-    let mut p = hlm_core::Pipeline::from_config(cfg, &ctx).expect("the Qwen pair (fetched?)");
+    let mut p = real_pair("u-hlm.toml");
     p.upload_everything = true;
     let tok = p.tokenizer.clone().expect("a tokenizer");
     let mut points = Vec::new();
