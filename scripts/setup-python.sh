@@ -26,6 +26,7 @@ PKGS=(
     "safetensors:safetensors"
     "torch:torch"
     "transformers:transformers"
+    "accelerate:accelerate"
 )
 
 for entry in "${PKGS[@]}"; do

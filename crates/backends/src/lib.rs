@@ -19,7 +19,7 @@ pub mod verifier;
 
 pub use logits::DeviceLogits;
 pub use transformer::{
-    Transformer, TransformerSpec, forward_all_batch, parse_device, resolve_model_path,
+    Transformer, TransformerSpec, WeightLayout, forward_all_batch, parse_device, resolve_model_path,
 };
 pub use verifier::{LocalVerifier, LocalVerifierSpec, RuleChoice};
 

@@ -66,7 +66,18 @@ pub(crate) fn validate(
     })
 }
 
+/// Dequantises whole blocks of `bytes` into `out` without checking lengths: for hot loops
+/// over rows whose geometry was validated once ([`validate`]). `ty` must be dequantisable
+/// (an unsupported type panics) and `bytes` hold exactly `out.len()` values (otherwise only
+/// the whole blocks that fit are written). Inlined, so that the callers compiled for wider
+/// vector units (see `super::matmul`) vectorise these loops for them.
+#[inline(always)]
+pub(crate) fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    dequantize_blocks(ty, bytes, out)
+}
+
 /// Dispatch; lengths already validated.
+#[inline(always)]
 fn dequantize_blocks(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     match ty {
         GgmlType::F32 => f32_le(bytes, out),
@@ -122,18 +133,21 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16_bits_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
 }
 
+#[inline(always)]
 fn f32_le(bytes: &[u8], out: &mut [f32]) {
     for (y, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
         *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
 }
 
+#[inline(always)]
 fn f16_le(bytes: &[u8], out: &mut [f32]) {
     for (y, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
         *y = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
     }
 }
 
+#[inline(always)]
 fn bf16_le(bytes: &[u8], out: &mut [f32]) {
     for (y, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
         *y = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
@@ -141,6 +155,7 @@ fn bf16_le(bytes: &[u8], out: &mut [f32]) {
 }
 
 /// Q8_0: `d: f16, qs: [i8; 32]`; `y = q * d`.
+#[inline(always)]
 fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     for (y, &q) in y.iter_mut().zip(&b[2..34]) {
@@ -150,6 +165,7 @@ fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
 
 /// Q4_0: `d: f16, qs: [u8; 16]`; element j < 16 is the low nibble of `qs[j]`, j ≥ 16
 /// the high nibble of `qs[j - 16]`; `y = d * (q - 8)`.
+#[inline(always)]
 fn q4_0(b: &[u8; 18], y: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     let qs = &b[2..18];
@@ -161,6 +177,7 @@ fn q4_0(b: &[u8; 18], y: &mut [f32; 32]) {
 }
 
 /// Q4_1: `d: f16, m: f16, qs: [u8; 16]`; `y = d * q + m`.
+#[inline(always)]
 fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     let m = f16_at(b, 2);
@@ -174,6 +191,7 @@ fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
 
 /// Q5_0: `d: f16, qh: u32, qs: [u8; 16]`; bit j of `qh` is bit 4 of element j;
 /// `y = d * (q - 16)`.
+#[inline(always)]
 fn q5_0(b: &[u8; 22], y: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
@@ -188,6 +206,7 @@ fn q5_0(b: &[u8; 22], y: &mut [f32; 32]) {
 }
 
 /// Q5_1: `d: f16, m: f16, qh: u32, qs: [u8; 16]`; `y = d * q + m`.
+#[inline(always)]
 fn q5_1(b: &[u8; 24], y: &mut [f32; 32]) {
     let d = f16_at(b, 0);
     let m = f16_at(b, 2);
@@ -219,6 +238,7 @@ fn k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
 /// Q4_K: `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`. Eight sub-blocks of 32;
 /// sub-block `2i` takes the low nibbles of `qs[32i..32i+32]`, `2i+1` the high nibbles.
 /// `y = (d * sc) * q - (dmin * m)`.
+#[inline(always)]
 fn q4_k(b: &[u8; 144], y: &mut [f32; QK_K]) {
     let d = f16_at(b, 0);
     let dmin = f16_at(b, 2);
@@ -240,6 +260,7 @@ fn q4_k(b: &[u8; 144], y: &mut [f32; QK_K]) {
 
 /// Q5_K: `d, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`; as Q4_K with
 /// bit 4 of element `l` of sub-block `s` in bit `s` of `qh[l]`.
+#[inline(always)]
 fn q5_k(b: &[u8; 176], y: &mut [f32; QK_K]) {
     let d = f16_at(b, 0);
     let dmin = f16_at(b, 2);
@@ -267,6 +288,7 @@ fn q5_k(b: &[u8; 176], y: &mut [f32; QK_K]) {
 /// in half `h`, element `l + 32k` (k = 0..4) takes the low (k even) or high (k odd) nibble
 /// of `ql[64h + l + 32(k & 1)]` and bits `2k..2k+2` of `qh[32h + l]`; each run of 16
 /// elements has its own scale. `y = (d * scale) * (q - 32)`.
+#[inline(always)]
 fn q6_k(b: &[u8; 210], y: &mut [f32; QK_K]) {
     let d = f16_at(b, 208);
     let mut ds = [0.0f32; 16];

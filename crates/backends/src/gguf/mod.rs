@@ -18,12 +18,14 @@
 
 mod dequant;
 mod error;
+mod matmul;
 mod metadata;
 mod reader;
 mod types;
 
 pub use dequant::{dequantize, dequantize_into, f16_bits_to_f32};
 pub use error::{DequantError, GgufError};
+pub use matmul::{QuantMatrix, ROWS_PER_TASK};
 pub use metadata::{MetadataArray, MetadataValue};
-pub use reader::{DEFAULT_ALIGNMENT, GgufFile, MAX_DIMS, TensorInfo};
+pub use reader::{DEFAULT_ALIGNMENT, GgufFile, MAX_DIMS, SharedBytes, TensorInfo};
 pub use types::{GgmlType, QK_K};

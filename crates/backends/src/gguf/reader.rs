@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::dequant::{dequantize_into, validate};
 use super::error::{DequantError, GgufError};
@@ -93,12 +94,35 @@ impl Storage {
     }
 }
 
+/// A tensor's raw bytes that keep the file's mapping alive: quantised weights are used in
+/// place, so a model in memory costs about its file size, and the bytes outlive the
+/// [`GgufFile`] that handed them out.
+#[derive(Clone)]
+pub struct SharedBytes {
+    storage: Arc<Storage>,
+    range: Range<usize>,
+}
+
+impl std::ops::Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // In bounds: the range was checked against this buffer when the header was parsed.
+        &self.storage.bytes()[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({:?})", self.range)
+    }
+}
+
 /// An opened GGUF file. Metadata and tensor infos are parsed eagerly; tensor data stays
 /// in the memory-mapped file and is borrowed by [`GgufFile::tensor_bytes`].
 pub struct GgufFile {
     path: PathBuf,
     header: Header,
-    storage: Storage,
+    storage: Arc<Storage>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -147,7 +171,7 @@ impl GgufFile {
         Ok(Self {
             path,
             header,
-            storage,
+            storage: Arc::new(storage),
         })
     }
 
@@ -380,6 +404,16 @@ impl GgufFile {
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], GgufError> {
         let info = self.tensor_info(name)?;
         Ok(self.slice_of(info))
+    }
+
+    /// The raw bytes of a tensor as a handle that keeps the file mapped (see
+    /// [`SharedBytes`]).
+    pub fn tensor_shared(&self, name: &str) -> Result<SharedBytes, GgufError> {
+        let r = self.tensor_info(name)?.file_range();
+        Ok(SharedBytes {
+            storage: Arc::clone(&self.storage),
+            range: r.start as usize..r.end as usize,
+        })
     }
 
     fn slice_of(&self, info: &TensorInfo) -> &[u8] {

@@ -11,7 +11,7 @@ use hlm_core::{
 
 use super::config::TransformerConfig;
 use super::kv_cache::KvCache;
-use super::model::{LogitRows, Network};
+use super::model::{LogitRows, Network, WeightLayout};
 use super::tokenizer::load_tokenizer;
 use super::weights::{SafetensorsFiles, WeightStore};
 use crate::gguf::GgufFile;
@@ -109,12 +109,18 @@ impl Transformer {
     }
 
     /// Load a GGUF file; the tokenizer is a `tokenizer.json` beside it, else the embedded one.
+    /// On the CPU the weights stay quantised in memory ([`WeightLayout::Auto`]).
     pub fn from_gguf(path: &Path, device: &Device) -> Result<Self> {
+        Self::from_gguf_with(path, device, WeightLayout::Auto)
+    }
+
+    /// [`Transformer::from_gguf`] with an explicit [`WeightLayout`].
+    pub fn from_gguf_with(path: &Path, device: &Device, layout: WeightLayout) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let cfg = TransformerConfig::from_gguf(&file)?;
         let tokenizer = load_tokenizer(path, Some(&file), cfg.vocab_size)?;
         let store = WeightStore::Gguf(file);
-        let network = Network::load(&cfg, &store, device)?;
+        let network = Network::load(&cfg, &store, device, layout)?;
         Ok(Self::assemble(network, tokenizer, path))
     }
 
@@ -122,7 +128,7 @@ impl Transformer {
     pub fn from_hf_folder(folder: &Path, device: &Device) -> Result<Self> {
         let cfg = TransformerConfig::from_hf_json(&folder.join("config.json"))?;
         let store = WeightStore::Safetensors(SafetensorsFiles::open(folder)?);
-        let network = Network::load(&cfg, &store, device)?;
+        let network = Network::load(&cfg, &store, device, WeightLayout::Dense)?;
         let tokenizer = load_tokenizer(folder, None, cfg.vocab_size)?;
         Ok(Self::assemble(network, tokenizer, folder))
     }

@@ -1,8 +1,8 @@
 //! The decoder network on burn: RMSNorm, GQA attention with RoPE and a KV cache, SwiGLU.
 //!
-//! Linear weights are stored transposed, `[in, out]`, so that `x @ W` needs no per-call
-//! transpose. The token embedding stays on the host: a lookup is a row copy, and this keeps
-//! integer tensors out of the forward pass.
+//! Linear weights are either `f32` on the device, stored transposed (`[in, out]`), or, for a
+//! GGUF model on the CPU, ggml blocks used in place (see [`WeightLayout`]). The token
+//! embedding stays on the host.
 
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
@@ -12,22 +12,32 @@ use super::config::TransformerConfig;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use super::weights::{LayerTensor, TensorName, WeightStore};
+use crate::gguf::QuantMatrix;
 
-/// A linear projection `y = x @ w + b`, with `w` of shape `[in, out]`.
-/// A linear layer, `[in, out]`, stored as column blocks `[in, out_j]` side by side.
-///
-/// On flex (eager, one op per calling thread; its matmul only parallelises above 192³
-/// multiply-adds, so a decode step's matrix-vector products ran on one core) the columns are
-/// split into one block per core at load and each block's product runs on its own scoped
-/// thread. On a GPU there is one block: the device parallelises.
+/// A linear layer `y = x @ Wᵀ + b`, `W` being `[out, in]` as the files store it.
 struct Linear {
-    blocks: Vec<Tensor<2>>,
+    weights: LinearWeights,
     bias: Option<Tensor<1>>,
+}
+
+enum LinearWeights {
+    /// `f32` on the device, transposed to `[in, out]` (so `x @ W` needs no per-call
+    /// transpose) and stored as column blocks `[in, out_j]` side by side.
+    ///
+    /// On flex (eager, one op per calling thread; its matmul only parallelises above 192³
+    /// multiply-adds, so a decode step's matrix-vector products ran on one core) the
+    /// columns are split into one block per core at load and each block's product runs on
+    /// its own scoped thread. On a GPU there is one block: the device parallelises.
+    Dense(Vec<Tensor<2>>),
+    /// ggml blocks in host memory, used in place from the GGUF mapping: the CPU path of a
+    /// quantised model (see [`QuantMatrix`]). Activations come to the host and go back as
+    /// a new tensor; on flex both are plain memory copies of `[seq, in]` and `[seq, out]`.
+    Quantized(QuantMatrix),
 }
 
 impl Linear {
     /// Split a row-major `[inp, out]` matrix into `parts` column blocks on `device`.
-    fn new(w: &[f32], inp: usize, out: usize, parts: usize, device: &Device) -> Self {
+    fn dense(w: &[f32], inp: usize, out: usize, parts: usize, device: &Device) -> Self {
         let parts = parts.clamp(1, out.max(1));
         let width = out.div_ceil(parts);
         let blocks = (0..out)
@@ -41,34 +51,90 @@ impl Linear {
                 Tensor::from_data(TensorData::new(block, [inp, cols]), device)
             })
             .collect();
-        Linear { blocks, bias: None }
-    }
-
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = match &self.blocks[..] {
-            [w] => x.matmul(w.clone()),
-            blocks => {
-                let parts: Vec<Tensor<2>> = std::thread::scope(|scope| {
-                    let handles: Vec<_> = blocks
-                        .iter()
-                        .map(|w| {
-                            let (x, w) = (x.clone(), w.clone());
-                            scope.spawn(move || x.matmul(w))
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                        .collect()
-                });
-                Tensor::cat(parts, 1)
-            }
-        };
-        match &self.bias {
-            Some(b) => y + b.clone().unsqueeze::<2>(),
-            None => y,
+        Linear {
+            weights: LinearWeights::Dense(blocks),
+            bias: None,
         }
     }
+
+    fn quantized(m: QuantMatrix) -> Self {
+        Linear {
+            weights: LinearWeights::Quantized(m),
+            bias: None,
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        let y = match &self.weights {
+            LinearWeights::Dense(blocks) => dense_product(x, blocks),
+            LinearWeights::Quantized(m) => {
+                let [n, inp] = x.dims();
+                let device = x.device();
+                let host = read_f32(x)?;
+                let y = m.matmul_t(&host, n).ok_or_else(|| {
+                    HlmError::Model(format!(
+                        "an activation of {n} x {inp} does not fit a weight of {} x {}",
+                        m.rows(),
+                        m.cols()
+                    ))
+                })?;
+                Tensor::from_data(TensorData::new(y, [n, m.rows()]), &device)
+            }
+        };
+        Ok(match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        })
+    }
+}
+
+/// `x @ [w_1 | w_2 | ...]`, one scoped thread per block when there are several.
+fn dense_product(x: Tensor<2>, blocks: &[Tensor<2>]) -> Tensor<2> {
+    match blocks {
+        [w] => x.matmul(w.clone()),
+        blocks => {
+            let parts: Vec<Tensor<2>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = blocks
+                    .iter()
+                    .map(|w| {
+                        let (x, w) = (x.clone(), w.clone());
+                        scope.spawn(move || x.matmul(w))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            });
+            Tensor::cat(parts, 1)
+        }
+    }
+}
+
+/// Where the weights of a GGUF model live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightLayout {
+    /// Quantised in host memory where the device is the CPU (flex), `f32` on a GPU.
+    #[default]
+    Auto,
+    /// Every weight dequantised to `f32` on the device (the reference the quantised path is
+    /// tested against; about 7x the memory of a Q4 file).
+    Dense,
+}
+
+impl WeightLayout {
+    fn keep_quantized(self, device: &Device) -> bool {
+        self == WeightLayout::Auto && *device == Device::flex()
+    }
+}
+
+/// The token embedding, looked up on the host: a lookup is a row copy (or one row's
+/// dequantisation), and this keeps integer tensors out of the forward pass.
+enum Embedding {
+    /// `[vocab, hidden]`, row-major.
+    Dense(Vec<f32>),
+    /// The GGUF tensor in place, one row dequantised per token.
+    Quantized(QuantMatrix),
 }
 
 /// Column blocks per linear layer on `device`: one per core on flex, one on a GPU.
@@ -119,18 +185,22 @@ pub struct ForwardOutput {
 pub struct Network {
     cfg: TransformerConfig,
     device: Device,
-    /// `[vocab, hidden]`, row-major, on the host.
-    embedding: Vec<f32>,
+    embedding: Embedding,
     blocks: Vec<Block>,
     final_norm: Tensor<1>,
-    /// `[hidden, vocab]`.
-    lm_head: Tensor<2>,
+    /// `[hidden] -> [vocab]`.
+    lm_head: Linear,
     rope: Rope,
 }
 
 impl Network {
     /// Load and shape-check every tensor of `cfg` from `store`.
-    pub fn load(cfg: &TransformerConfig, store: &WeightStore, device: &Device) -> Result<Self> {
+    pub fn load(
+        cfg: &TransformerConfig,
+        store: &WeightStore,
+        device: &Device,
+        layout: WeightLayout,
+    ) -> Result<Self> {
         let TransformerConfig {
             vocab_size: vocab,
             hidden_size: hidden,
@@ -146,25 +216,24 @@ impl Network {
             let v = store.load(name, &[len])?;
             Ok(Tensor::from_data(TensorData::new(v, [len]), device))
         };
+        let quantize = layout.keep_quantized(device);
         // HF/GGUF keep linear weights as [out, in]. Parts of a fused projection are stacked
-        // along `out` (appending rows), then the whole is transposed once to [in, out].
+        // along `out` (appending rows); dense weights are then transposed once to [in, out].
         let linear = |i: usize,
                       parts: &[(LayerTensor, usize)],
                       bias: Option<&[LayerTensor]>,
                       inp: usize|
          -> Result<Linear> {
+            let names: Vec<(TensorName, usize)> = parts
+                .iter()
+                .map(|&(t, o)| (TensorName::Layer(i, t), o))
+                .collect();
+            let mut layer = match quantize.then(|| quant_matrix(store, &names, inp)) {
+                Some(Ok(Some(m))) => Linear::quantized(m),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(None)) | None => dense_linear(store, &names, inp, device)?,
+            };
             let out: usize = parts.iter().map(|(_, o)| o).sum();
-            let mut w = Vec::with_capacity(out * inp);
-            for &(t, o) in parts {
-                w.extend(store.load(TensorName::Layer(i, t), &[o, inp])?);
-            }
-            let mut layer = Linear::new(
-                &transpose(&w, out, inp),
-                inp,
-                out,
-                linear_parts(device),
-                device,
-            );
             layer.bias = match bias {
                 None => None,
                 Some(names) => {
@@ -191,18 +260,33 @@ impl Network {
                 down: linear(i, &[(Down, hidden)], None, inter)?,
             });
         }
-        let embedding = store.load(TensorName::Embedding, &[vocab, hidden])?;
-        let lm_head = if cfg.tied_embeddings {
-            Tensor::from_data(
-                TensorData::new(transpose(&embedding, vocab, hidden), [hidden, vocab]),
-                device,
-            )
+        let embedding = match store.quantized(TensorName::Embedding, &[vocab, hidden])? {
+            Some(_) => Embedding::Quantized(
+                quant_matrix(store, &[(TensorName::Embedding, vocab)], hidden)?
+                    .ok_or_else(|| HlmError::Model("the embedding is not quantised".into()))?,
+            ),
+            None => Embedding::Dense(store.load(TensorName::Embedding, &[vocab, hidden])?),
+        };
+        let head_name = if cfg.tied_embeddings {
+            TensorName::Embedding
         } else {
-            let w = store.load(TensorName::LmHead, &[vocab, hidden])?;
-            Tensor::from_data(
-                TensorData::new(transpose(&w, vocab, hidden), [hidden, vocab]),
+            TensorName::LmHead
+        };
+        let head = [(head_name, vocab)];
+        let lm_head = match (quantize, &embedding) {
+            (true, Embedding::Quantized(m)) if cfg.tied_embeddings => Linear::quantized(m.clone()),
+            (true, _) => match quant_matrix(store, &head, hidden)? {
+                Some(m) => Linear::quantized(m),
+                None => dense_linear(store, &head, hidden, device)?,
+            },
+            (false, Embedding::Dense(w)) if cfg.tied_embeddings => Linear::dense(
+                &transpose(w, vocab, hidden),
+                hidden,
+                vocab,
+                linear_parts(device),
                 device,
-            )
+            ),
+            (false, _) => dense_linear(store, &head, hidden, device)?,
         };
         Ok(Network {
             cfg: cfg.clone(),
@@ -297,7 +381,7 @@ impl Network {
         let mut attention: Vec<Vec<LayerAttention>> = vec![Vec::new(); seqs.len()];
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), &block.attn_norm, cfg.rms_eps);
-            let qkv = block.qkv.forward(h);
+            let qkv = block.qkv.forward(h)?;
             let mut mixed_parts = Vec::with_capacity(seqs.len());
             for (j, (_, cache)) in seqs.iter_mut().enumerate() {
                 let (off, seq, total, angles, mask) = &layout[j];
@@ -339,12 +423,12 @@ impl Network {
             } else {
                 Tensor::cat(mixed_parts, 0)
             };
-            x = x + block.o.forward(mixed);
+            x = x + block.o.forward(mixed)?;
             let h = rms_norm(x.clone(), &block.ffn_norm, cfg.rms_eps);
-            let gate_up = block.gate_up.forward(h);
+            let gate_up = block.gate_up.forward(h)?;
             let inter = cfg.intermediate_size;
             let gated = silu(gate_up.clone().narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter);
-            x = x + block.down.forward(gated);
+            x = x + block.down.forward(gated)?;
         }
         // The rows that get logits: per sequence all of them, or only its last.
         let x = match rows {
@@ -359,7 +443,9 @@ impl Network {
             ),
         };
         let n_rows = x.dims()[0];
-        let logits = rms_norm(x, &self.final_norm, cfg.rms_eps).matmul(self.lm_head.clone());
+        let logits = self
+            .lm_head
+            .forward(rms_norm(x, &self.final_norm, cfg.rms_eps))?;
         if rows == LogitRows::LastOnDevice {
             let vocab = cfg.vocab_size;
             return Ok(attention
@@ -399,16 +485,23 @@ impl Network {
     /// Gather embedding rows on the host: `[seq, hidden]`.
     fn embed(&self, tokens: &[TokenId]) -> Result<Tensor<2>> {
         let hidden = self.cfg.hidden_size;
-        let mut rows = Vec::with_capacity(tokens.len() * hidden);
-        for &t in tokens {
-            let start = t as usize * hidden;
-            let row = self.embedding.get(start..start + hidden).ok_or_else(|| {
+        let mut rows = vec![0.0f32; tokens.len() * hidden];
+        for (&t, row) in tokens.iter().zip(rows.chunks_exact_mut(hidden)) {
+            let found = match &self.embedding {
+                Embedding::Dense(table) => {
+                    let start = t as usize * hidden;
+                    table
+                        .get(start..start + hidden)
+                        .map(|src| row.copy_from_slice(src))
+                }
+                Embedding::Quantized(m) => m.row_into(t as usize, row),
+            };
+            found.ok_or_else(|| {
                 HlmError::Model(format!(
                     "token id {t} is outside the vocabulary of {}",
                     self.cfg.vocab_size
                 ))
             })?;
-            rows.extend_from_slice(row);
         }
         Ok(Tensor::from_data(
             TensorData::new(rows, [tokens.len(), hidden]),
@@ -421,6 +514,50 @@ impl Network {
         let seq = x.dims()[0];
         x.reshape([seq, heads, self.cfg.head_dim]).swap_dims(0, 1)
     }
+}
+
+/// The rows of `names` (each `[rows, inp]`) stacked in one [`QuantMatrix`], if every one of
+/// them is held quantised; `None` if any is not (the layer then goes dense).
+fn quant_matrix(
+    store: &WeightStore,
+    names: &[(TensorName, usize)],
+    inp: usize,
+) -> Result<Option<QuantMatrix>> {
+    let mut m = QuantMatrix::new(inp);
+    for &(name, rows) in names {
+        let Some((ty, bytes)) = store.quantized(name, &[rows, inp])? else {
+            return Ok(None);
+        };
+        m.push(ty, bytes, rows).map_err(|e| {
+            HlmError::Model(format!(
+                "{}: tensor '{}': {e}",
+                store.origin().display(),
+                name.gguf()
+            ))
+        })?;
+    }
+    Ok(Some(m))
+}
+
+/// `names` (each `[rows, inp]`) dequantised to `f32`, stacked, transposed to `[inp, out]`.
+fn dense_linear(
+    store: &WeightStore,
+    names: &[(TensorName, usize)],
+    inp: usize,
+    device: &Device,
+) -> Result<Linear> {
+    let out: usize = names.iter().map(|(_, o)| o).sum();
+    let mut w = Vec::with_capacity(out * inp);
+    for &(name, rows) in names {
+        w.extend(store.load(name, &[rows, inp])?);
+    }
+    Ok(Linear::dense(
+        &transpose(&w, out, inp),
+        inp,
+        out,
+        linear_parts(device),
+        device,
+    ))
 }
 
 /// `x / sqrt(mean(x²) + eps) * gamma` over the last dimension.

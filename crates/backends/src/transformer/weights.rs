@@ -10,7 +10,7 @@ use hlm_core::{HlmError, Result};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgmlType, GgufFile, SharedBytes};
 
 /// One tensor of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,9 +124,33 @@ impl WeightStore {
             WeightStore::Gguf(g) => load_gguf(g, &name.gguf(), shape),
         }
     }
+
+    /// `name` in its file form, when the store holds it quantised: a GGUF tensor of a
+    /// dequantisable type other than F32, of the HF shape `shape`. `None` for safetensors
+    /// and for F32 tensors (nothing to gain by keeping those as bytes).
+    pub fn quantized(
+        &self,
+        name: TensorName,
+        shape: &[usize],
+    ) -> Result<Option<(GgmlType, SharedBytes)>> {
+        let WeightStore::Gguf(file) = self else {
+            return Ok(None);
+        };
+        let gguf_name = name.gguf();
+        let info = checked_info(file, &gguf_name, shape)?;
+        let ty = info.ggml_type();
+        if ty == GgmlType::F32 || !ty.can_dequantize() {
+            return Ok(None);
+        }
+        Ok(Some((ty, file.tensor_shared(&gguf_name)?)))
+    }
 }
 
-fn load_gguf(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+fn checked_info<'f>(
+    file: &'f GgufFile,
+    name: &str,
+    shape: &[usize],
+) -> Result<&'f crate::gguf::TensorInfo> {
     let info = file.tensor_info(name)?;
     // `shape()` is row-major (ggml's dims reversed), like the HF shapes we compare with.
     let file_shape = info.shape();
@@ -136,6 +160,11 @@ fn load_gguf(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
             file.path().display()
         )));
     }
+    Ok(info)
+}
+
+fn load_gguf(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    checked_info(file, name, shape)?;
     Ok(file.dequantize_tensor(name)?)
 }
 
