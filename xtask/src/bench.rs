@@ -79,8 +79,22 @@ pub fn decode(hlm: &Path, models: &[String], prompt: &str, n_new: usize) -> Resu
     Ok(())
 }
 
+/// The Python with llama-cpp-python: `$PYTHON`, else the venv of scripts/setup-python.sh
+/// (`$HLM_VENV`, default /var/tmp/hlm-venv) if it exists, else `python3`.
+fn python() -> String {
+    if let Ok(p) = std::env::var("PYTHON") {
+        return p;
+    }
+    let venv = std::env::var("HLM_VENV").unwrap_or_else(|_| "/var/tmp/hlm-venv".into());
+    let candidate = Path::new(&venv).join("bin/python");
+    if candidate.is_file() {
+        return candidate.display().to_string();
+    }
+    "python3".into()
+}
+
 fn llama_cpp_available() -> bool {
-    Command::new("python3")
+    Command::new(python())
         .args(["-c", "import llama_cpp, numpy"])
         .output()
         .is_ok_and(|o| o.status.success())
@@ -117,7 +131,7 @@ fn run_hlm(hlm: &Path, name: &str, prompt: &str, n_new: usize) -> Result<Figures
 }
 
 fn run_llama_cpp(gguf: &Path, prompt: &str, n_new: usize, threads: usize) -> Result<Figures> {
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(python());
     cmd.arg("scripts/bench_llama_cpp.py").arg(gguf).args([
         prompt,
         &n_new.to_string(),

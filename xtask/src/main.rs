@@ -278,20 +278,31 @@ fn status(mut cmd: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The models `crates/backends/tests/greedy_reference.rs` compares with transformers.
+const GREEDY_REFERENCE_MODELS: [&str; 2] = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"];
+
 /// The CI job: system packages, formatting, lints, tests (wgpu on Mesa's software Vulkan).
 fn ci(no_install: bool) -> Result<()> {
+    let mut require_models = false;
     if !no_install {
         let mut c = Command::new("bash");
         c.arg("scripts/install-system-deps.sh");
         status(c, "scripts/install-system-deps.sh")?;
-        // The BERTScore test compares with bert-score on the real encoder (90 MB, verified
-        // by SHA-256; a no-op once fetched).
+        // Real-model tests: BERTScore against bert-score on the real encoder (90 MB), greedy
+        // continuations against transformers on SmolLM2 (105 MB) and the 0.5B draft
+        // (491 MB). Verified by SHA-256; a no-op once fetched.
         let cat = hlm_core::registry::Catalogue::builtin()?;
         if let Err(e) = fetch::fetch(cat.get("all-minilm-l6-v2")?) {
             eprintln!(
                 "warning: cannot fetch all-minilm-l6-v2, the BERTScore test will skip: {e:#}"
             );
         }
+        for name in GREEDY_REFERENCE_MODELS {
+            fetch::fetch(cat.get(name)?).with_context(|| {
+                format!("cannot fetch {name}, which the greedy reference test needs")
+            })?;
+        }
+        require_models = true;
     }
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
@@ -314,6 +325,10 @@ fn ci(no_install: bool) -> Result<()> {
     // The wgpu tests run on whatever Vulkan driver exists; on a machine without a GPU that is
     // Mesa's lavapipe, which needs a runtime dir.
     test.env("HLM_TEST_WGPU", "1");
+    if require_models {
+        // Fetched above: a missing model is then a failure, not a skip.
+        test.env("HLM_REQUIRE_MODELS", "1");
+    }
     // The split between two network namespaces shaped by tc needs root and iproute2.
     if netns_available() {
         test.env("HLM_TEST_NETNS", "1");

@@ -95,6 +95,52 @@ fn dequantize_blocks(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// `dot(dequantised row, x)` without materialising the row, for the block types: each block
+/// is dequantised into a stack array (bit-exactly as [`dequantize_row`]) and multiplied with
+/// its slice of `x` while still in registers. `bytes` holds whole blocks of `x.len()` values.
+/// `None` for element types (F32, F16, BF16), which have no blocks to fuse. With `FMA` the
+/// multiply-adds are fused (for callers compiled with the FMA feature only: elsewhere
+/// `mul_add` is a slow library call).
+#[inline(always)]
+pub(crate) fn dot_row<const FMA: bool>(ty: GgmlType, bytes: &[u8], x: &[f32]) -> Option<f32> {
+    Some(match ty {
+        GgmlType::Q8_0 => block_dot::<34, 32, FMA>(bytes, x, q8_0),
+        GgmlType::Q4_0 => block_dot::<18, 32, FMA>(bytes, x, q4_0),
+        GgmlType::Q4_1 => block_dot::<20, 32, FMA>(bytes, x, q4_1),
+        GgmlType::Q5_0 => block_dot::<22, 32, FMA>(bytes, x, q5_0),
+        GgmlType::Q5_1 => block_dot::<24, 32, FMA>(bytes, x, q5_1),
+        GgmlType::Q4_K => block_dot::<144, QK_K, FMA>(bytes, x, q4_k),
+        GgmlType::Q5_K => block_dot::<176, QK_K, FMA>(bytes, x, q5_k),
+        GgmlType::Q6_K => block_dot::<210, QK_K, FMA>(bytes, x, q6_k),
+        _ => return None,
+    })
+}
+
+#[inline(always)]
+fn block_dot<const TS: usize, const BS: usize, const FMA: bool>(
+    bytes: &[u8],
+    x: &[f32],
+    f: fn(&[u8; TS], &mut [f32; BS]),
+) -> f32 {
+    const W: usize = 16;
+    let mut acc = [0.0f32; W];
+    let mut w = [0.0f32; BS];
+    for (b, xb) in bytes.chunks_exact(TS).zip(x.chunks_exact(BS)) {
+        let Ok(b) = b.try_into() else { unreachable!() };
+        f(b, &mut w);
+        for (wc, xc) in w.chunks_exact(W).zip(xb.chunks_exact(W)) {
+            for i in 0..W {
+                acc[i] = if FMA {
+                    wc[i].mul_add(xc[i], acc[i])
+                } else {
+                    acc[i] + wc[i] * xc[i]
+                };
+            }
+        }
+    }
+    acc.iter().sum()
+}
+
 #[inline(always)]
 fn blocks<const TS: usize, const BS: usize>(
     bytes: &[u8],

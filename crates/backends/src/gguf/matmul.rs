@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::dequant::{dequantize_row, validate};
+use super::dequant::{dequantize_row, dot_row, validate};
 use super::error::DequantError;
 use super::reader::SharedBytes;
 use super::types::GgmlType;
@@ -186,7 +186,18 @@ fn rows_times_generic<const FMA: bool>(
 ) {
     let cols = scratch.len();
     let n = x.len() / cols;
-    for (row, y) in bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+    let rows = bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n));
+    if n == 1 && dot_row::<FMA>(ty, &[], &[]).is_some() {
+        // Decoding: one activation row, so each weight block is used once; fusing its
+        // dequantisation into the dot product saves a store and a load per weight.
+        for (row, y) in rows {
+            y[0] = dot_row::<FMA>(ty, row, x).unwrap_or(0.0);
+        }
+        return;
+    }
+    // Several activation rows (prefill, verification) or an element type: dequantise each
+    // weight row once and reuse it for every activation row.
+    for (row, y) in rows {
         dequantize_row(ty, row, scratch);
         for (y, x) in y.iter_mut().zip(x.chunks_exact(cols)) {
             *y = dot::<FMA>(scratch, x);
