@@ -4,6 +4,8 @@
 # Idempotent: packages that are already importable are not reinstalled.
 #
 #   HLM_VENV=/path/to/venv scripts/setup-python.sh   # default /var/tmp/hlm-venv
+#   scripts/setup-python.sh --llama-cpp   # also llama-cpp-python (for `cargo xtask bench
+#                                         # decode` and the fixtures' llama.cpp column)
 #
 # Only PyPI is reachable, so torch comes from PyPI as the regular (CUDA) Linux
 # build together with its nvidia-* dependencies (~5 GB installed). A
@@ -39,6 +41,29 @@ for entry in "${PKGS[@]}"; do
         "$PY" -m pip install --no-cache-dir "$spec"
     fi
 done
+
+if [ "${1:-}" = "--llama-cpp" ]; then
+    if "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
+        echo "[setup-python] llama_cpp already importable"
+    else
+        # pip compiles llama.cpp (~12 minutes on 2 cores). Not with GGML_NATIVE: on a CPU that
+        # advertises AMX, -march=native compiles ggml's AMX kernels, and they crash (SIGSEGV
+        # in ggml_backend_amx_mul_mat) where the kernel does not grant AMX tile state, as on
+        # the development VM. Every other vector extension this CPU lists is enabled.
+        echo "[setup-python] installing llama-cpp-python (compiles llama.cpp)"
+        flags="$(grep -m1 '^flags' /proc/cpuinfo || true)"
+        args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+        for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 \
+            avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 \
+            avx_vnni:AVX_VNNI; do
+            if grep -qw "${pair%%:*}" <<<"$flags"; then
+                args="$args -DGGML_${pair#*:}=ON"
+            fi
+        done
+        CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" CMAKE_ARGS="$args" \
+            "$PY" -m pip install --no-cache-dir llama-cpp-python
+    fi
+fi
 
 "$PY" - <<'EOF'
 import importlib

@@ -33,7 +33,7 @@ pub fn decode(hlm: &Path, models: &[String], prompt: &str, n_new: usize) -> Resu
     if !llama {
         eprintln!(
             "note: llama-cpp-python is not installed, so no llama.cpp column \
-             (pip install llama-cpp-python numpy; it compiles llama.cpp, ~30 min on 2 cores)"
+             (scripts/setup-python.sh --llama-cpp; it compiles llama.cpp, ~12 min on 2 cores)"
         );
     }
     println!(

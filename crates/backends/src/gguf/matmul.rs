@@ -215,19 +215,50 @@ fn rows_times_generic<const FMA: bool>(
     if n == 1 && dot_row::<FMA>(ty, &[], &[]).is_some() {
         // Decoding: one activation row, so each weight block is used once; fusing its
         // dequantisation into the dot product saves a store and a load per weight.
-        for (row, y) in rows {
+        for (i, (row, y)) in rows.enumerate() {
+            prefetch(bytes, i * row_bytes + PREFETCH_BYTES, row_bytes);
             y[0] = dot_row::<FMA>(ty, row, x).unwrap_or(0.0);
         }
         return;
     }
     // Several activation rows (prefill, verification) or an element type: dequantise each
     // weight row once and reuse it for every activation row.
-    for (row, y) in rows {
+    for (i, (row, y)) in rows.enumerate() {
+        prefetch(bytes, i * row_bytes + PREFETCH_BYTES, row_bytes);
         dequantize_row(ty, row, scratch);
         for (y, x) in y.iter_mut().zip(x.chunks_exact(cols)) {
             *y = dot::<FMA>(scratch, x);
         }
     }
+}
+
+/// How far ahead of the row being multiplied its successors' bytes are requested. Decoding
+/// streams every weight from DRAM once per token; the hardware prefetchers alone kept two
+/// cores of the development VM at ~9 GB/s, explicit prefetches 4 KB ahead reach ~20 GB/s on
+/// a Q8_0 matrix (`benches/quant_matmul.rs`: 1 KB, 4 KB, 16 KB ahead gave 18.4, 20.8,
+/// 16.2 G weights/s).
+const PREFETCH_BYTES: usize = 4096;
+
+/// Ask the CPU to start loading `bytes[start..start + len]` into cache (a hint: no effect
+/// on results, nothing outside `bytes` is touched).
+#[inline(always)]
+fn prefetch(bytes: &[u8], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let end = (start + len).min(bytes.len());
+        let mut at = start;
+        while at < end {
+            // SAFETY: prefetching is a hint and never faults; the address is inside `bytes`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    bytes.as_ptr().add(at).cast(),
+                )
+            };
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, start, len);
 }
 
 /// Dot product with 16 independent accumulators, so the compiler can keep two 8-wide
@@ -260,7 +291,7 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::{GgufFile, dequantize};
+    use crate::gguf::dequantize;
 
     /// Seeded bytes for `rows` rows of `ty`, with every f16 scale field set to a small
     /// finite value (random bits would give NaN/Inf scales).
@@ -300,26 +331,7 @@ mod tests {
     }
 
     fn shared(bytes: Vec<u8>) -> SharedBytes {
-        // A GGUF image holding one U8-free tensor is more than we need: go through the
-        // reader's public constructor with a minimal header instead.
-        let mut image = Vec::new();
-        image.extend_from_slice(b"GGUF");
-        image.extend_from_slice(&3u32.to_le_bytes());
-        image.extend_from_slice(&1u64.to_le_bytes()); // tensors
-        image.extend_from_slice(&0u64.to_le_bytes()); // metadata
-        let name = b"w";
-        image.extend_from_slice(&(name.len() as u64).to_le_bytes());
-        image.extend_from_slice(name);
-        image.extend_from_slice(&1u32.to_le_bytes()); // one dim: bytes as I8
-        image.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        image.extend_from_slice(&GgmlType::I8.id().to_le_bytes());
-        image.extend_from_slice(&0u64.to_le_bytes()); // offset
-        while image.len() % 32 != 0 {
-            image.push(0);
-        }
-        image.extend_from_slice(&bytes);
-        let file = GgufFile::from_bytes("test.gguf", image).expect("valid image");
-        file.tensor_shared("w").expect("tensor w")
+        SharedBytes::from(bytes)
     }
 
     fn reference(ty: GgmlType, bytes: &[u8], rows: usize, cols: usize, x: &[f32]) -> Vec<f64> {

@@ -111,6 +111,17 @@ impl std::ops::Deref for SharedBytes {
     }
 }
 
+impl From<Vec<u8>> for SharedBytes {
+    /// Bytes held in memory (tests, benchmarks, tensors built on the fly).
+    fn from(bytes: Vec<u8>) -> Self {
+        let range = 0..bytes.len();
+        SharedBytes {
+            storage: Arc::new(Storage::Owned(bytes)),
+            range,
+        }
+    }
+}
+
 impl std::fmt::Debug for SharedBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SharedBytes({:?})", self.range)
