@@ -1,12 +1,22 @@
 //! [`TextTokenizer`] over the `tokenizers` crate: from a `tokenizer.json` next to the model,
-//! or rebuilt from the GGUF vocabulary (`tokenizer.ggml.model = gpt2`, byte-level BPE).
+//! or rebuilt from the GGUF vocabulary: `tokenizer.ggml.model = gpt2` (byte-level BPE with
+//! merges: Qwen2, SmolLM, LLaMA-3) or `llama` (SentencePiece with scores: LLaMA-2,
+//! TinyLlama, Mistral).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use hlm_core::{HlmError, Result, TextTokenizer, TokenId};
 use tokenizers::decoders::DecoderWrapper;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::normalizers::prepend::Prepend;
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -67,62 +77,32 @@ impl BpeTokenizer {
         Ok(Self::new(inner, true, None, eos, model_vocab))
     }
 
-    /// Rebuild the tokenizer stored in a GGUF file. `Ok(None)` when its model type is not
-    /// byte-level BPE (e.g. SentencePiece `llama`), which is not supported yet.
+    /// Rebuild the tokenizer stored in a GGUF file. `Ok(None)` when the file has none or its
+    /// model type is neither `gpt2` (byte-level BPE) nor `llama` (SentencePiece).
     pub fn from_gguf(file: &GgufFile, model_vocab: usize) -> Result<Option<Self>> {
         let path = file.path();
         if !file.has_key("tokenizer.ggml.model") {
             return Ok(None);
         }
         let kind = file.get_str("tokenizer.ggml.model")?;
-        if kind != "gpt2" {
-            tracing::warn!(
-                "{}: tokenizer model '{kind}' is not supported (only gpt2 byte-level BPE); \
-                 the model will have no tokenizer",
-                path.display()
-            );
-            return Ok(None);
-        }
         let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
-        let merges: Vec<(String, String)> = file
-            .get_str_array("tokenizer.ggml.merges")?
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| {
-                        HlmError::Model(format!(
-                            "{}: tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space",
-                            path.display()
-                        ))
-                    })
-            })
-            .collect::<Result<_>>()?;
+        let mut inner = match kind {
+            "gpt2" => byte_level_bpe(file, tokens)?,
+            "llama" => sentencepiece_bpe(file, tokens)?,
+            other => {
+                tracing::warn!(
+                    "{}: tokenizer model '{other}' is not supported (gpt2 byte-level BPE and \
+                     llama SentencePiece are); the model will have no tokenizer",
+                    path.display()
+                );
+                return Ok(None);
+            }
+        };
         let token_types = if file.has_key("tokenizer.ggml.token_type") {
             file.get_i32_array("tokenizer.ggml.token_type")?
         } else {
             Vec::new()
         };
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, t)| (t.clone(), id as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| {
-                HlmError::Model(format!("{}: invalid BPE vocabulary: {e}", path.display()))
-            })?;
-        let mut inner = Tokenizer::new(bpe);
-        let pre = if file.has_key("tokenizer.ggml.pre") {
-            file.get_str("tokenizer.ggml.pre")?
-        } else {
-            "default"
-        };
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre, path)?));
-        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(token_types.iter())
@@ -152,6 +132,135 @@ impl BpeTokenizer {
         let eos = gguf_eos(file)?;
         Ok(Some(Self::new(inner, false, bos, eos, model_vocab)))
     }
+}
+
+fn vocab_of(tokens: &[String]) -> tokenizers::models::bpe::Vocab {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), id as u32))
+        .collect()
+}
+
+/// `tokenizer.ggml.model = gpt2`: byte-level BPE from the vocabulary and merges, with the
+/// pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`.
+fn byte_level_bpe(file: &GgufFile, tokens: &[String]) -> Result<Tokenizer> {
+    let path = file.path();
+    let merges: Vec<(String, String)> = file
+        .get_str_array("tokenizer.ggml.merges")?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    HlmError::Model(format!(
+                        "{}: tokenizer.ggml.merges[{i}] = {m:?} is not two tokens separated by a space",
+                        path.display()
+                    ))
+                })
+        })
+        .collect::<Result<_>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab_of(tokens), merges)
+        .build()
+        .map_err(|e| HlmError::Model(format!("{}: invalid BPE vocabulary: {e}", path.display())))?;
+    let mut inner = Tokenizer::new(bpe);
+    let pre = if file.has_key("tokenizer.ggml.pre") {
+        file.get_str("tokenizer.ggml.pre")?
+    } else {
+        "default"
+    };
+    inner.with_pre_tokenizer(Some(pre_tokenizer(pre, path)?));
+    inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
+    Ok(inner)
+}
+
+/// SentencePiece's word-boundary mark, which stands for a space.
+const SPACE_MARK: &str = "\u{2581}";
+
+/// `tokenizer.ggml.model = llama`: a SentencePiece vocabulary with scores, as BPE the way
+/// Hugging Face converts it (`LlamaConverter`): a merge for every token that splits into two
+/// tokens, ranked by the merged token's score; spaces become `▁` and one is prepended
+/// (unless `tokenizer.ggml.add_space_prefix` is false); bytes without a token fall back to
+/// the `<0xNN>` tokens.
+fn sentencepiece_bpe(file: &GgufFile, tokens: &[String]) -> Result<Tokenizer> {
+    let path = file.path();
+    let scores = file.get_f32_array("tokenizer.ggml.scores")?;
+    if scores.len() != tokens.len() {
+        return Err(HlmError::Model(format!(
+            "{}: tokenizer.ggml.scores has {} entries for {} tokens",
+            path.display(),
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    let vocab = vocab_of(tokens);
+    let mut merges: Vec<(u32, u32, f32)> = Vec::new();
+    for (piece, &score) in tokens.iter().zip(&scores) {
+        let mut local: Vec<(u32, u32, f32)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (l, r) = piece.split_at(at);
+                Some((*vocab.get(l)?, *vocab.get(r)?, score))
+            })
+            .collect();
+        local.sort_by_key(|&(l, r, _)| (l, r));
+        merges.extend(local);
+    }
+    // Stable: equal scores keep the order above, as in the Python converter.
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let merges: Vec<(String, String)> = merges
+        .into_iter()
+        .map(|(l, r, _)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .collect();
+    let unk = if file.has_key("tokenizer.ggml.unknown_token_id") {
+        let id = file.get_u32("tokenizer.ggml.unknown_token_id")? as usize;
+        tokens.get(id).cloned()
+    } else {
+        None
+    };
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(true)
+        .byte_fallback(true);
+    if let Some(unk) = unk {
+        builder = builder.unk_token(unk);
+    }
+    let bpe = builder.build().map_err(|e| {
+        HlmError::Model(format!(
+            "{}: invalid SentencePiece vocabulary: {e}",
+            path.display()
+        ))
+    })?;
+    let mut inner = Tokenizer::new(bpe);
+    let space_prefix = !file.has_key("tokenizer.ggml.add_space_prefix")
+        || file.get_bool("tokenizer.ggml.add_space_prefix")?;
+    let replace = |from: &str, to: &str| {
+        Replace::new(from, to)
+            .map_err(|e| HlmError::Model(format!("{}: tokenizer: {e}", path.display())))
+    };
+    let mut normalizers = Vec::new();
+    if space_prefix {
+        normalizers.push(NormalizerWrapper::Prepend(Prepend::new(SPACE_MARK.into())));
+    }
+    normalizers.push(NormalizerWrapper::Replace(replace(" ", SPACE_MARK)?));
+    inner.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(
+        normalizers,
+    ))));
+    let mut decoders = vec![
+        DecoderWrapper::Replace(replace(SPACE_MARK, " ")?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if space_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    inner.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
+        decoders,
+    ))));
+    Ok(inner)
 }
 
 /// The pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`.
