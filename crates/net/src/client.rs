@@ -150,6 +150,15 @@ enum ConnectError {
     WrongModel(String),
 }
 
+impl From<ConnectError> for HlmError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Unreachable(e) => HlmError::VerifierUnavailable(e),
+            ConnectError::WrongModel(e) => HlmError::Incompatible(e),
+        }
+    }
+}
+
 /// Why one exchange failed.
 enum Failure {
     /// The network or the server's process: retry later, keep generating meanwhile.
@@ -209,7 +218,8 @@ impl RemoteVerifier {
         };
         match v.ensure_connection() {
             Ok(()) => Ok(v),
-            Err(ConnectError::WrongModel(e)) => Err(HlmError::Incompatible(e)),
+            Err(e @ ConnectError::WrongModel(_)) => Err(e.into()),
+            // Not an error yet: the run starts on the draft model and retries later.
             Err(ConnectError::Unreachable(e)) => {
                 tracing::warn!(
                     "verifier server {} unreachable, starting on the draft model alone: {e}",
@@ -368,10 +378,7 @@ impl RemoteVerifier {
                 t.elapsed().as_secs_f64()
             )));
         }
-        self.ensure_connection().map_err(|e| match e {
-            ConnectError::Unreachable(e) => HlmError::VerifierUnavailable(e),
-            ConnectError::WrongModel(e) => HlmError::Incompatible(e),
-        })?;
+        self.ensure_connection()?;
         let params = self
             .params
             .ok_or_else(|| HlmError::Verifier("verify before begin".into()))?;

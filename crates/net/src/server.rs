@@ -267,14 +267,17 @@ impl Drop for ServerHandle {
     }
 }
 
-/// What a connection thread asks of the model worker.
+/// What a connection thread asks of the model worker. Verifications and syncs of distinct
+/// sessions are batched into one model pass; control requests are answered in turn.
 enum Work {
-    Begin(Begin),
     Verify(Verify, u64),
-    Sync {
-        session: u64,
-        tokens: Vec<u32>,
-    },
+    Sync { session: u64, tokens: Vec<u32> },
+    Control(Control),
+}
+
+/// Requests that need no model pass.
+enum Control {
+    Begin(Begin),
     End {
         session: u64,
     },
@@ -399,12 +402,14 @@ fn serve_connection(
                 }
                 continue;
             }
-            Request::Begin(b) => Work::Begin(b),
+            Request::Begin(b) => Work::Control(Control::Begin(b)),
             Request::Verify(v) if mine.contains(&v.session) => Work::Verify(v, bytes_in as u64),
             Request::Sync { session, tokens } if mine.contains(&session) => {
                 Work::Sync { session, tokens }
             }
-            Request::End { session } if mine.contains(&session) => Work::End { session },
+            Request::End { session } if mine.contains(&session) => {
+                Work::Control(Control::End { session })
+            }
             Request::Verify(Verify { session, .. })
             | Request::Sync { session, .. }
             | Request::End { session } => {
@@ -422,7 +427,7 @@ fn serve_connection(
             }
         };
         let ending = match &work {
-            Work::End { session } => Some(*session),
+            Work::Control(Control::End { session }) => Some(*session),
             _ => None,
         };
         let (tx, rx) = mpsc::channel();
@@ -455,7 +460,7 @@ fn serve_connection(
     if !mine.is_empty() {
         let (tx, _rx) = mpsc::channel();
         let _ = jobs.send(Job {
-            work: Work::Closed(mine.into_iter().collect()),
+            work: Work::Control(Control::Closed(mine.into_iter().collect())),
             reply: tx,
         });
     }
@@ -566,7 +571,7 @@ impl Worker {
                     };
                     self.admit(v, 0, true)
                 }
-                other => Err(self.handle(other)),
+                Work::Control(c) => Err(self.handle(c)),
             };
             match ready {
                 Ok(a) => admitted.push((a, job.reply)),
@@ -625,20 +630,17 @@ impl Worker {
         }
     }
 
-    fn handle(&mut self, work: Work) -> Response {
-        match work {
-            Work::Begin(b) => self.begin(b),
-            Work::Verify(..) | Work::Sync { .. } => {
-                error(ErrorCode::Internal, "verification outside a batch")
-            }
-            Work::End { session } => match self.end(session, "ended by the client") {
+    fn handle(&mut self, control: Control) -> Response {
+        match control {
+            Control::Begin(b) => self.begin(b),
+            Control::End { session } => match self.end(session, "ended by the client") {
                 Some(stats) => Response::Ended { stats },
                 None => error(
                     ErrorCode::UnknownSession,
                     format!("no session {session} (it idled out)"),
                 ),
             },
-            Work::Closed(ids) => {
+            Control::Closed(ids) => {
                 for id in ids {
                     self.end(id, "connection closed");
                 }
