@@ -2,7 +2,9 @@
 //! vocabulary: temperature perturbation (K = 20), drawing the draft, the whole filter decision
 //! as the engine makes it (draw, x_d, perturbation, attention importance, thresholds), and the
 //! whole-vector read back that the host path needed every step (now only for uploaded tokens).
-//! Host reference vs burn flex (CPU), plus wgpu with `HLM_BENCH_WGPU=1`. When the
+//! Host reference (the filters' own code on a host vector) vs burn flex (CPU), plus wgpu with
+//! `HLM_BENCH_WGPU=1`. This is the one filter-overhead benchmark (hlm-filters' host-only
+//! twin with the same synthetic workload was folded into it). When the
 //! Qwen2.5-Coder-0.5B draft model is fetched, one of its decode steps on the same device is
 //! measured too, the yardstick of issue 4's target (filter below 2 % of it).
 //!
