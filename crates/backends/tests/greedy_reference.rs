@@ -84,22 +84,27 @@ fn greedy(model: &mut Transformer, prompt: &[TokenId], n: usize) -> Vec<TokenId>
 }
 
 fn check_model(name: &str, layout: WeightLayout) {
+    check_on(name, layout, &Device::flex(), usize::MAX, MUST_AGREE);
+}
+
+/// The first `prompts` prompts of `name`, `tokens` greedy tokens each, on `device`.
+fn check_on(name: &str, layout: WeightLayout, device: &Device, prompts: usize, tokens: usize) {
     let Some(path) = model_path(name) else {
         return;
     };
     let fixture = fixture();
     let cases = fixture.models.get(name).expect("model in the fixture");
-    let mut model = Transformer::from_gguf_with(&path, &Device::flex(), layout).expect("loads");
+    let mut model = Transformer::from_gguf_with(&path, device, layout).expect("loads");
     let tokenizer = model.tokenizer().expect("embedded tokenizer");
-    for case in cases {
+    for case in cases.iter().take(prompts) {
         let ids = tokenizer.encode(&case.prompt).expect("encodes");
         assert_eq!(
             ids, case.prompt_ids,
             "{name}: prompt ids of {:?}",
             case.prompt
         );
-        let got = greedy(&mut model, &ids, MUST_AGREE);
-        let want = &case.generated_ids[..MUST_AGREE];
+        let got = greedy(&mut model, &ids, tokens);
+        let want = &case.generated_ids[..tokens];
         if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
             panic!(
                 "{name} ({layout:?}), prompt {:?}: token {i} is {} but transformers chose {}\n\
@@ -124,4 +129,23 @@ fn qwen_0_5b_greedy_matches_transformers() {
 #[test]
 fn smollm2_dense_greedy_matches_transformers() {
     check_model("smollm2-135m-instruct", WeightLayout::Dense);
+}
+
+/// The GPU path (f32 weights on wgpu; the 151,936-token head split under the 128 MiB buffer
+/// limit) on whatever adapter there is: Mesa's lavapipe in CI, where one prompt and 16 tokens
+/// take about a minute. Only with `HLM_TEST_WGPU=1`.
+#[test]
+fn qwen_0_5b_greedy_matches_transformers_on_wgpu() {
+    if std::env::var("HLM_TEST_WGPU").as_deref() != Ok("1") {
+        eprintln!("skipped: set HLM_TEST_WGPU=1 to run on wgpu");
+        return;
+    }
+    let device = hlm_backends::parse_device("wgpu").expect("wgpu device");
+    check_on(
+        "qwen2.5-coder-0.5b-instruct",
+        WeightLayout::Auto,
+        &device,
+        1,
+        16,
+    );
 }

@@ -38,7 +38,9 @@ enum LinearWeights {
 impl Linear {
     /// Split a row-major `[inp, out]` matrix into `parts` column blocks on `device`.
     fn dense(w: &[f32], inp: usize, out: usize, parts: usize, device: &Device) -> Self {
-        let parts = parts.clamp(1, out.max(1));
+        // Also enough blocks that none exceeds one device buffer.
+        let by_size = (inp * out * std::mem::size_of::<f32>()).div_ceil(MAX_BLOCK_BYTES);
+        let parts = parts.max(by_size).clamp(1, out.max(1));
         let width = out.div_ceil(parts);
         let blocks = (0..out)
             .step_by(width)
@@ -88,10 +90,15 @@ impl Linear {
     }
 }
 
-/// `x @ [w_1 | w_2 | ...]`, one scoped thread per block when there are several.
+/// `x @ [w_1 | w_2 | ...]`; on flex one scoped thread per block when there are several.
 fn dense_product(x: Tensor<2>, blocks: &[Tensor<2>]) -> Tensor<2> {
     match blocks {
         [w] => x.matmul(w.clone()),
+        // On a GPU the device runs the blocks' products in parallel already.
+        blocks if x.device() != Device::flex() => Tensor::cat(
+            blocks.iter().map(|w| x.clone().matmul(w.clone())).collect(),
+            1,
+        ),
         blocks => {
             let parts: Vec<Tensor<2>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = blocks
@@ -137,7 +144,14 @@ enum Embedding {
     Quantized(QuantMatrix),
 }
 
-/// Column blocks per linear layer on `device`: one per core on flex, one on a GPU.
+/// The most bytes of one weight block: WebGPU's default limit of a storage buffer binding
+/// (128 MiB), which software adapters such as lavapipe keep. A 151,936-token LM head in
+/// `f32` (545 MB for Qwen2.5-0.5B) could not be allocated on wgpu there; it is now split
+/// into column blocks under the limit.
+const MAX_BLOCK_BYTES: usize = 128 << 20;
+
+/// Column blocks per linear layer on `device`: one per core on flex, one on a GPU (more
+/// where a layer exceeds [`MAX_BLOCK_BYTES`]).
 fn linear_parts(device: &Device) -> usize {
     if *device == Device::flex() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
