@@ -84,6 +84,27 @@ pub fn link_builtin_plugins() {
 }
 
 /// Parse the command line and run `hlm`.
+/// CubeCL's autotuner (wgpu) tries several kernels for a new shape and drops those that
+/// panic while compiling: e.g. a quantised-matmul candidate whose vector width does not fit
+/// 8-bit weights ("quantized view float vector size 2 must be a positive multiple of
+/// num_quants 4"). It catches the panic, but Rust's default hook has already printed it with a
+/// backtrace, which reads like a crash. Those are logged at debug level instead; every other
+/// panic is reported as before.
+fn quiet_caught_gpu_autotune_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let from_cubecl = info
+            .location()
+            .is_some_and(|l| l.file().contains("/cubecl-"));
+        let on_main = std::thread::current().name() == Some("main");
+        if from_cubecl && !on_main {
+            tracing::debug!("GPU kernel candidate dropped by the autotuner: {info}");
+        } else {
+            default(info);
+        }
+    }));
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
@@ -92,6 +113,7 @@ pub fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    quiet_caught_gpu_autotune_panics();
     link_builtin_plugins();
 
     let result = match cli.command {

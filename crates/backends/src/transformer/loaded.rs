@@ -175,6 +175,11 @@ impl Transformer {
     }
 
     /// The model's hyper-parameters.
+    /// Bytes the linear weights take where they live (see [`WeightLayout`]).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.network.linear_weight_bytes()
+    }
+
     pub fn config(&self) -> &TransformerConfig {
         self.network.config()
     }

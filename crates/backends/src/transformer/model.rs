@@ -5,6 +5,7 @@
 //! embedding stays on the host.
 
 use burn::tensor::activation::{silu, softmax};
+use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use hlm_core::{HlmError, LayerAttention, Result, TokenId};
 
@@ -36,8 +37,9 @@ enum LinearWeights {
 }
 
 impl Linear {
-    /// Split a row-major `[inp, out]` matrix into `parts` column blocks on `device`.
-    fn dense(w: &[f32], inp: usize, out: usize, parts: usize, device: &Device) -> Self {
+    /// Split a row-major `[inp, out]` matrix into `parts` column blocks on `device`, as
+    /// 8-bit blocks when `q8` is set and `inp` allows ([`q8_tensor`]).
+    fn dense(w: &[f32], inp: usize, out: usize, parts: usize, device: &Device, q8: bool) -> Self {
         // Also enough blocks that none exceeds one device buffer.
         let by_size = (inp * out * std::mem::size_of::<f32>()).div_ceil(MAX_BLOCK_BYTES);
         let parts = parts.max(by_size).clamp(1, out.max(1));
@@ -50,12 +52,35 @@ impl Linear {
                 for row in w.chunks_exact(out) {
                     block.extend_from_slice(&row[start..start + cols]);
                 }
-                Tensor::from_data(TensorData::new(block, [inp, cols]), device)
+                if q8 && inp % Q8_BLOCK == 0 {
+                    q8_tensor(&block, inp, cols, device)
+                } else {
+                    Tensor::from_data(TensorData::new(block, [inp, cols]), device)
+                }
             })
             .collect();
         Linear {
             weights: LinearWeights::Dense(blocks),
             bias: None,
+        }
+    }
+
+    /// Bytes its weights take where they live (device or host).
+    fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            LinearWeights::Dense(blocks) => blocks
+                .iter()
+                .map(|w| {
+                    let [rows, cols] = w.dims();
+                    if w.dtype().is_float() {
+                        rows * cols * w.dtype().size()
+                    } else {
+                        // 8-bit values and one f32 scale per block.
+                        rows * cols + rows * cols / Q8_BLOCK * 4
+                    }
+                })
+                .sum(),
+            LinearWeights::Quantized(m) => m.n_bytes(),
         }
     }
 
@@ -121,18 +146,70 @@ fn dense_product(x: Tensor<2>, blocks: &[Tensor<2>]) -> Tensor<2> {
 /// Where the weights of a GGUF model live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightLayout {
-    /// Quantised in host memory where the device is the CPU (flex), `f32` on a GPU.
+    /// On the CPU (flex): the file's ggml blocks in host memory, used in place (exactly the
+    /// dequantised values). On a GPU: burn 8-bit block tensors, requantised at load from the
+    /// dequantised weights with one `f32` scale per 32 inputs of an output (ggml's grouping):
+    /// a quarter of the `f32` memory (1.125 bytes a weight), at an extra rounding of each
+    /// weight to 1/254 of its block's largest magnitude. Safetensors models stay `f32`.
     #[default]
     Auto,
-    /// Every weight dequantised to `f32` on the device (the reference the quantised path is
+    /// Every weight dequantised to `f32` on the device (the reference the quantised paths are
     /// tested against; about 7x the memory of a Q4 file).
     Dense,
 }
 
+/// Where and how a model's linear weights are kept, per [`WeightLayout`] and device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    HostBlocks,
+    DeviceQ8,
+    DeviceF32,
+}
+
 impl WeightLayout {
-    fn keep_quantized(self, device: &Device) -> bool {
-        self == WeightLayout::Auto && *device == Device::flex()
+    fn placement(self, device: &Device, store: &WeightStore) -> Placement {
+        match (self, store) {
+            (WeightLayout::Auto, WeightStore::Gguf(_)) if *device == Device::flex() => {
+                Placement::HostBlocks
+            }
+            (WeightLayout::Auto, WeightStore::Gguf(_)) => Placement::DeviceQ8,
+            _ => Placement::DeviceF32,
+        }
     }
+}
+
+/// Inputs per scale of [`Placement::DeviceQ8`] weights.
+const Q8_BLOCK: usize = 32;
+
+/// A row-major `[inp, cols]` block as a logical `[inp, cols]` device tensor stored as burn
+/// 8-bit blocks of its transpose `[cols, inp]`, i.e. blocks run along the inputs of each
+/// output, as in ggml. (Blocks along the outputs of one input, the layout `[inp, cols]`
+/// quantised directly would give, derailed Qwen2.5-0.5B after one token: one large weight
+/// of an input coarsens 31 outputs' weights.) Quantised on the host, so the `f32` matrix
+/// never occupies the device: `scale = max |w| / 127`, `q = round(w / scale)` per block.
+/// burn reads the transposed view without copying. `inp` must be a multiple of
+/// [`Q8_BLOCK`].
+fn q8_tensor(block: &[f32], inp: usize, cols: usize, device: &Device) -> Tensor<2> {
+    let outputs_major = transpose(block, inp, cols);
+    let mut q = Vec::with_capacity(outputs_major.len());
+    let mut scales = Vec::with_capacity(outputs_major.len() / Q8_BLOCK);
+    for run in outputs_major.chunks_exact(Q8_BLOCK) {
+        let amax = run.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // An all-zero run takes any positive scale: every q is 0.
+        let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        scales.push(scale);
+        q.extend(
+            run.iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+    }
+    // One-level blocks (a two-level scheme is dequantised in full before a matmul) with
+    // f32 scales (f16 scales need a shader feature).
+    let scheme = QuantScheme::default()
+        .with_value(QuantValue::Q8S)
+        .per_block([Q8_BLOCK as u8], ScaleDtype::F32);
+    let data = TensorData::quantized(q, [cols, inp], scheme, &scales, None);
+    Tensor::<2>::from_data(data, device).transpose()
 }
 
 /// The token embedding, looked up on the host: a lookup is a row copy (or one row's
@@ -230,7 +307,9 @@ impl Network {
             let v = store.load(name, &[len])?;
             Ok(Tensor::from_data(TensorData::new(v, [len]), device))
         };
-        let quantize = layout.keep_quantized(device);
+        let placement = layout.placement(device, store);
+        let quantize = placement == Placement::HostBlocks;
+        let q8 = placement == Placement::DeviceQ8;
         // HF/GGUF keep linear weights as [out, in]. Parts of a fused projection are stacked
         // along `out` (appending rows); dense weights are then transposed once to [in, out].
         let linear = |i: usize,
@@ -245,7 +324,7 @@ impl Network {
             let mut layer = match quantize.then(|| quant_matrix(store, &names, inp)) {
                 Some(Ok(Some(m))) => Linear::quantized(m),
                 Some(Err(e)) => return Err(e),
-                Some(Ok(None)) | None => dense_linear(store, &names, inp, device)?,
+                Some(Ok(None)) | None => dense_linear(store, &names, inp, device, q8)?,
             };
             let out: usize = parts.iter().map(|(_, o)| o).sum();
             layer.bias = match bias {
@@ -291,7 +370,7 @@ impl Network {
             (true, Embedding::Quantized(m)) if cfg.tied_embeddings => Linear::quantized(m.clone()),
             (true, _) => match quant_matrix(store, &head, hidden)? {
                 Some(m) => Linear::quantized(m),
-                None => dense_linear(store, &head, hidden, device)?,
+                None => dense_linear(store, &head, hidden, device, false)?,
             },
             (false, Embedding::Dense(w)) if cfg.tied_embeddings => Linear::dense(
                 &transpose(w, vocab, hidden),
@@ -299,8 +378,9 @@ impl Network {
                 vocab,
                 linear_parts(device),
                 device,
+                q8,
             ),
-            (false, _) => dense_linear(store, &head, hidden, device)?,
+            (false, _) => dense_linear(store, &head, hidden, device, q8)?,
         };
         Ok(Network {
             cfg: cfg.clone(),
@@ -315,6 +395,17 @@ impl Network {
 
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
+    }
+
+    /// Bytes the linear layers' weights and the LM head take where they live: what
+    /// [`WeightLayout`] decides (norms, biases and the host-side embedding excluded).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
+            .chain([&self.lm_head])
+            .map(Linear::weight_bytes)
+            .sum()
     }
 
     pub fn device(&self) -> &Device {
@@ -553,12 +644,14 @@ fn quant_matrix(
     Ok(Some(m))
 }
 
-/// `names` (each `[rows, inp]`) dequantised to `f32`, stacked, transposed to `[inp, out]`.
+/// `names` (each `[rows, inp]`) dequantised to `f32`, stacked, transposed to `[inp, out]`,
+/// on `device` as `f32` or (`q8`) 8-bit blocks.
 fn dense_linear(
     store: &WeightStore,
     names: &[(TensorName, usize)],
     inp: usize,
     device: &Device,
+    q8: bool,
 ) -> Result<Linear> {
     let out: usize = names.iter().map(|(_, o)| o).sum();
     let mut w = Vec::with_capacity(out * inp);
@@ -571,6 +664,7 @@ fn dense_linear(
         out,
         linear_parts(device),
         device,
+        q8,
     ))
 }
 
