@@ -52,7 +52,7 @@ impl Linear {
                 for row in w.chunks_exact(out) {
                     block.extend_from_slice(&row[start..start + cols]);
                 }
-                if q8 && inp % Q8_BLOCK == 0 {
+                if q8 && inp.is_multiple_of(Q8_BLOCK) {
                     q8_tensor(&block, inp, cols, device)
                 } else {
                     Tensor::from_data(TensorData::new(block, [inp, cols]), device)
