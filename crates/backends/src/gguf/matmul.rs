@@ -130,7 +130,13 @@ impl QuantMatrix {
                 let count = out.len() / n;
                 let start = first * range.row_bytes;
                 let bytes = &range.bytes[start..start + count * range.row_bytes];
-                rows_times(range.ty, bytes, range.row_bytes, x, scratch, out);
+                let job = RowJob {
+                    ty: range.ty,
+                    bytes,
+                    row_bytes: range.row_bytes,
+                    x,
+                };
+                rows_times(job, scratch, out);
             },
         );
         if n == 1 {
@@ -146,69 +152,57 @@ impl QuantMatrix {
     }
 }
 
+/// One task's inputs: whole rows of `ty` in `bytes` (`row_bytes` each) and the activations
+/// `x` (`[n, cols]`).
+#[derive(Clone, Copy)]
+struct RowJob<'a> {
+    ty: GgmlType,
+    bytes: &'a [u8],
+    row_bytes: usize,
+    x: &'a [f32],
+}
+
 /// For each weight row in `bytes`: dequantise it into `scratch`, then write its dot product
 /// with each row of `x` to `out` (`[rows, n]`).
-fn rows_times(
-    ty: GgmlType,
-    bytes: &[u8],
-    row_bytes: usize,
-    x: &[f32],
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
+fn rows_times(job: RowJob, scratch: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("fma")
     {
         // SAFETY: the CPU has the features `rows_times_avx512` is compiled for.
-        unsafe { rows_times_avx512(ty, bytes, row_bytes, x, scratch, out) };
+        unsafe { rows_times_avx512(job, scratch, out) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features `rows_times_avx2` is compiled for.
-        unsafe { rows_times_avx2(ty, bytes, row_bytes, x, scratch, out) };
+        unsafe { rows_times_avx2(job, scratch, out) };
         return;
     }
-    rows_times_generic::<false>(ty, bytes, row_bytes, x, scratch, out)
+    rows_times_generic::<false>(job, scratch, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-fn rows_times_avx512(
-    ty: GgmlType,
-    bytes: &[u8],
-    row_bytes: usize,
-    x: &[f32],
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
-    rows_times_generic::<true>(ty, bytes, row_bytes, x, scratch, out)
+fn rows_times_avx512(job: RowJob, scratch: &mut [f32], out: &mut [f32]) {
+    rows_times_generic::<true>(job, scratch, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn rows_times_avx2(
-    ty: GgmlType,
-    bytes: &[u8],
-    row_bytes: usize,
-    x: &[f32],
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
-    rows_times_generic::<true>(ty, bytes, row_bytes, x, scratch, out)
+fn rows_times_avx2(job: RowJob, scratch: &mut [f32], out: &mut [f32]) {
+    rows_times_generic::<true>(job, scratch, out)
 }
 
 #[inline(always)]
-fn rows_times_generic<const FMA: bool>(
-    ty: GgmlType,
-    bytes: &[u8],
-    row_bytes: usize,
-    x: &[f32],
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
+fn rows_times_generic<const FMA: bool>(job: RowJob, scratch: &mut [f32], out: &mut [f32]) {
+    let RowJob {
+        ty,
+        bytes,
+        row_bytes,
+        x,
+    } = job;
     let cols = scratch.len();
     let n = x.len() / cols;
     let rows = bytes.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n));
@@ -450,23 +444,23 @@ mod tests {
                     f(&mut scratch, &mut out);
                     variants.push((name, out));
                 };
-                run("generic", &|s, o| {
-                    rows_times_generic::<false>(ty, &bytes, row_bytes, &x, s, o)
-                });
+                let job = RowJob {
+                    ty,
+                    bytes: &bytes,
+                    row_bytes,
+                    x: &x,
+                };
+                run("generic", &|s, o| rows_times_generic::<false>(job, s, o));
                 #[cfg(target_arch = "x86_64")]
                 {
                     use std::arch::is_x86_feature_detected as has;
                     if has!("avx2") && has!("fma") {
                         // SAFETY: features checked.
-                        run("avx2", &|s, o| unsafe {
-                            rows_times_avx2(ty, &bytes, row_bytes, &x, s, o)
-                        });
+                        run("avx2", &|s, o| unsafe { rows_times_avx2(job, s, o) });
                     }
                     if has!("avx512f") && has!("avx512bw") && has!("fma") {
                         // SAFETY: features checked.
-                        run("avx512", &|s, o| unsafe {
-                            rows_times_avx512(ty, &bytes, row_bytes, &x, s, o)
-                        });
+                        run("avx512", &|s, o| unsafe { rows_times_avx512(job, s, o) });
                     }
                 }
                 for (name, out) in &variants {
