@@ -95,50 +95,88 @@ fn dequantize_blocks(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `dot(dequantised row, x)` without materialising the row, for the block types: each block
-/// is dequantised into a stack array (bit-exactly as [`dequantize_row`]) and multiplied with
-/// its slice of `x` while still in registers. `bytes` holds whole blocks of `x.len()` values.
-/// `None` for element types (F32, F16, BF16), which have no blocks to fuse. With `FMA` the
-/// multiply-adds are fused (for callers compiled with the FMA feature only: elsewhere
-/// `mul_add` is a slow library call).
+/// Most activation rows [`dot_rows`] takes at once (its accumulators stay in L1).
+pub(crate) const MAX_FUSED_ROWS: usize = 8;
+
+/// `out[t] = dot(dequantised row, x_t)` for the `out.len()` rows of `x` (each as long as the
+/// row), without materialising the row, for the block types: each block is dequantised into a
+/// stack array (bit-exactly as [`dequantize_row`]) and multiplied with every activation row's
+/// slice while still in registers. The sums run in the same order as dequantising the whole
+/// row first and taking 16-lane dot products, so both give identical results. `false` (and
+/// `out` untouched) for element types (F32, F16, BF16), which have no blocks to fuse. At most
+/// [`MAX_FUSED_ROWS`] rows. With `FMA` the multiply-adds are fused (for callers compiled
+/// with the FMA feature only: elsewhere `mul_add` is a slow library call).
 #[inline(always)]
-pub(crate) fn dot_row<const FMA: bool>(ty: GgmlType, bytes: &[u8], x: &[f32]) -> Option<f32> {
-    Some(match ty {
-        GgmlType::Q8_0 => block_dot::<34, 32, FMA>(bytes, x, q8_0),
-        GgmlType::Q4_0 => block_dot::<18, 32, FMA>(bytes, x, q4_0),
-        GgmlType::Q4_1 => block_dot::<20, 32, FMA>(bytes, x, q4_1),
-        GgmlType::Q5_0 => block_dot::<22, 32, FMA>(bytes, x, q5_0),
-        GgmlType::Q5_1 => block_dot::<24, 32, FMA>(bytes, x, q5_1),
-        GgmlType::Q4_K => block_dot::<144, QK_K, FMA>(bytes, x, q4_k),
-        GgmlType::Q5_K => block_dot::<176, QK_K, FMA>(bytes, x, q5_k),
-        GgmlType::Q6_K => block_dot::<210, QK_K, FMA>(bytes, x, q6_k),
-        _ => return None,
-    })
+pub(crate) fn dot_rows<const FMA: bool>(
+    ty: GgmlType,
+    bytes: &[u8],
+    x: &[f32],
+    out: &mut [f32],
+) -> bool {
+    // One row (decoding) gets its own copy of the loops, with the accumulators in registers.
+    if out.len() == 1 {
+        dot_rows_upto::<FMA, 1>(ty, bytes, x, out)
+    } else {
+        dot_rows_upto::<FMA, MAX_FUSED_ROWS>(ty, bytes, x, out)
+    }
 }
 
 #[inline(always)]
-fn block_dot<const TS: usize, const BS: usize, const FMA: bool>(
+fn dot_rows_upto<const FMA: bool, const N: usize>(
+    ty: GgmlType,
     bytes: &[u8],
     x: &[f32],
+    out: &mut [f32],
+) -> bool {
+    match ty {
+        GgmlType::Q8_0 => block_dots::<34, 32, FMA, N>(bytes, x, out, q8_0),
+        GgmlType::Q4_0 => block_dots::<18, 32, FMA, N>(bytes, x, out, q4_0),
+        GgmlType::Q4_1 => block_dots::<20, 32, FMA, N>(bytes, x, out, q4_1),
+        GgmlType::Q5_0 => block_dots::<22, 32, FMA, N>(bytes, x, out, q5_0),
+        GgmlType::Q5_1 => block_dots::<24, 32, FMA, N>(bytes, x, out, q5_1),
+        GgmlType::Q4_K => block_dots::<144, QK_K, FMA, N>(bytes, x, out, q4_k),
+        GgmlType::Q5_K => block_dots::<176, QK_K, FMA, N>(bytes, x, out, q5_k),
+        GgmlType::Q6_K => block_dots::<210, QK_K, FMA, N>(bytes, x, out, q6_k),
+        _ => return false,
+    }
+    true
+}
+
+#[inline(always)]
+fn block_dots<const TS: usize, const BS: usize, const FMA: bool, const N: usize>(
+    bytes: &[u8],
+    x: &[f32],
+    out: &mut [f32],
     f: fn(&[u8; TS], &mut [f32; BS]),
-) -> f32 {
+) {
     const W: usize = 16;
-    let mut acc = [0.0f32; W];
+    let n = out.len().min(N);
+    if n == 0 {
+        return;
+    }
+    let cols = x.len() / out.len();
+    let mut acc = [[0.0f32; W]; N];
     let mut w = [0.0f32; BS];
-    for (b, xb) in bytes.chunks_exact(TS).zip(x.chunks_exact(BS)) {
+    for (k, b) in bytes.chunks_exact(TS).enumerate() {
         let Ok(b) = b.try_into() else { unreachable!() };
         f(b, &mut w);
-        for (wc, xc) in w.chunks_exact(W).zip(xb.chunks_exact(W)) {
-            for i in 0..W {
-                acc[i] = if FMA {
-                    wc[i].mul_add(xc[i], acc[i])
-                } else {
-                    acc[i] + wc[i] * xc[i]
-                };
+        for (t, acc) in acc.iter_mut().enumerate().take(n) {
+            let start = t * cols + k * BS;
+            let xb = &x[start..start + BS];
+            for (wc, xc) in w.chunks_exact(W).zip(xb.chunks_exact(W)) {
+                for i in 0..W {
+                    acc[i] = if FMA {
+                        wc[i].mul_add(xc[i], acc[i])
+                    } else {
+                        acc[i] + wc[i] * xc[i]
+                    };
+                }
             }
         }
     }
-    acc.iter().sum()
+    for (y, acc) in out.iter_mut().zip(&acc) {
+        *y = acc.iter().sum();
+    }
 }
 
 #[inline(always)]
