@@ -387,30 +387,14 @@ pub fn write_outputs(out: &Path, outcomes: &[Outcome], sweep: bool) -> Result<()
     let mut table = String::new();
     if sweep {
         write("results.json", serde_json::to_string_pretty(outcomes)?)?;
-        let mut csv = String::from(
-            "point,method,bertscore_f1,token_agreement,upload_rate,uplink_bits_per_token,energy_per_token_j,energy_saving_vs_hlm,modelled_tokens_per_s,acceptance_rate\n",
-        );
-        let o = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v}"));
+        let mut csv = String::from(bench::SUMMARY_CSV_HEADER);
         for oc in outcomes {
             let label = &oc.point;
             table += &format!(
                 "### {label}\n\n{}\n",
                 bench::markdown_table(&oc.bench.summary)
             );
-            for s in &oc.bench.summary {
-                csv += &format!(
-                    "{label},{},{},{},{},{},{},{},{},{}\n",
-                    s.method,
-                    o(s.bertscore_f1),
-                    o(s.token_agreement),
-                    s.upload_rate,
-                    s.uplink_bits_per_token,
-                    s.energy_per_token_total_j,
-                    o(s.energy_saving_vs_hlm),
-                    s.modelled_tokens_per_s,
-                    s.acceptance_rate
-                );
-            }
+            csv += &bench::summary_csv_rows(label, &oc.bench.summary);
         }
         write("sweep.csv", csv)?;
     } else if let Some(oc) = outcomes.first() {

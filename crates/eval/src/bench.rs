@@ -411,6 +411,32 @@ pub fn csv(results: &[PromptResult]) -> String {
     s
 }
 
+/// The header of [`summary_csv_rows`].
+pub const SUMMARY_CSV_HEADER: &str = "point,method,bertscore_f1,token_agreement,upload_rate,uplink_bits_per_token,energy_per_token_j,energy_saving_vs_hlm,modelled_tokens_per_s,acceptance_rate\n";
+
+/// One CSV row per method of `summary`, labelled with the sweep `point` (a sweep writes the
+/// rows of all its points under one [`SUMMARY_CSV_HEADER`]).
+pub fn summary_csv_rows(point: &str, summary: &[MethodSummary]) -> String {
+    let o = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v}"));
+    let mut s = String::new();
+    for m in summary {
+        s += &format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            csv_field(point),
+            csv_field(&m.method),
+            o(m.bertscore_f1),
+            o(m.token_agreement),
+            m.upload_rate,
+            m.uplink_bits_per_token,
+            m.energy_per_token_total_j,
+            o(m.energy_saving_vs_hlm),
+            m.modelled_tokens_per_s,
+            m.acceptance_rate
+        );
+    }
+    s
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -428,6 +454,38 @@ mod tests {
         assert_eq!(agreement(&[1, 2, 3, 4], &[1, 9, 3, 4]), 0.75);
         assert_eq!(agreement(&[1, 2], &[1, 2, 3, 4]), 0.5);
         assert_eq!(agreement(&[], &[]), 1.0);
+    }
+
+    #[test]
+    fn summary_rows_have_one_field_per_header_column() {
+        let m = MethodSummary {
+            method: "iu-hlm".into(),
+            prompts: 2,
+            generated_tokens: 40,
+            bertscore_f1: Some(0.7),
+            bertscore_precision: None,
+            bertscore_recall: None,
+            token_agreement: None,
+            upload_rate: 0.5,
+            uplink_bits_per_token: 1598.0,
+            energy_per_token_j: Default::default(),
+            energy_per_token_total_j: 0.25,
+            energy_saving_vs_hlm: Some(0.3),
+            modelled_tokens_per_s: 0.6,
+            wall_tokens_per_s: 1.0,
+            acceptance_rate: 0.8,
+        };
+        let rows = summary_csv_rows("upload.lambda=0.5,1", &[m.clone(), m]);
+        let header_fields = SUMMARY_CSV_HEADER.trim_end().split(',').count();
+        assert_eq!(rows.lines().count(), 2);
+        for line in rows.lines() {
+            // The point label holds a comma, so it is quoted: one field more when split naively.
+            assert!(
+                line.starts_with("\"upload.lambda=0.5,1\",iu-hlm,0.7,,0.5,1598,"),
+                "{line}"
+            );
+            assert_eq!(line.split(',').count(), header_fields + 1, "{line}");
+        }
     }
 
     #[test]
