@@ -1,6 +1,8 @@
 //! Weight loading by canonical tensor name, from a Hugging Face safetensors folder or a GGUF
-//! file. Every tensor is converted (or dequantised) to `f32`, row-major in the HF layout
-//! (`[out, in]` for linear weights), and its shape is checked against the config.
+//! file. [`WeightStore::load`] converts (or dequantises) a tensor to `f32`, row-major in the
+//! HF layout (`[out, in]` for linear weights); [`WeightStore::quantized`] hands out a GGUF
+//! tensor's ggml blocks as they are, for the CPU's quantised products. Either way the shape
+//! is checked against the config.
 
 use std::collections::HashMap;
 use std::fs::File;
