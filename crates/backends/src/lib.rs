@@ -13,6 +13,7 @@
 
 pub mod bert;
 pub mod gguf;
+mod layout;
 pub mod logits;
 pub mod transformer;
 pub mod verifier;

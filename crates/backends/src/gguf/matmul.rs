@@ -2,9 +2,9 @@
 //!
 //! A [`QuantMatrix`] is a stack of row ranges, each a run of ggml rows of one type (a fused
 //! Q/K/V projection may mix Q5_0 and Q8_0), borrowed from the GGUF mapping. Its product
-//! with activations dequantises one weight row at a time into a small scratch buffer that
-//! stays in L1, bit-exactly as [`super::dequantize`] would, and takes that row's dot product
-//! with every activation row before moving on. So the weights stay in memory in their file
+//! with activations dequantises one weight row at a time, bit-exactly as
+//! [`super::dequantize`] would, and takes that row's dot products with the activation rows
+//! before moving on (see the last paragraph for how). So the weights stay in memory in their file
 //! form (a 1.5B model at Q4_K_M costs ~1 GB, not 7 GB of `f32`), and a decode step reads
 //! 4–8 bits per weight instead of 32: decoding is bound by memory traffic.
 //!
@@ -22,6 +22,7 @@ use super::dequant::{MAX_FUSED_ROWS, dequantize_row, dot_rows, validate};
 use super::error::DequantError;
 use super::reader::SharedBytes;
 use super::types::GgmlType;
+use crate::layout::transpose;
 
 /// Weight rows per parallel task: large enough that the task overhead (~1 µs) is small
 /// next to its work (32 rows of 896 weights ≈ 15 µs), small enough to balance two to
@@ -143,13 +144,7 @@ impl QuantMatrix {
         if n == 1 {
             return Some(yt);
         }
-        let mut y = vec![0.0f32; n * self.rows];
-        for (r, row) in yt.chunks_exact(n).enumerate() {
-            for (t, &v) in row.iter().enumerate() {
-                y[t * self.rows + r] = v;
-            }
-        }
-        Some(y)
+        Some(transpose(&yt, self.rows, n))
     }
 }
 

@@ -14,6 +14,7 @@ use super::kv_cache::KvCache;
 use super::rope::Rope;
 use super::weights::{LayerTensor, TensorName, WeightStore};
 use crate::gguf::QuantMatrix;
+use crate::layout::transpose;
 
 /// A linear layer `y = x @ Wᵀ + b`, `W` being `[out, in]` as the files store it.
 struct Linear {
@@ -37,24 +38,23 @@ enum LinearWeights {
 }
 
 impl Linear {
-    /// Split a row-major `[inp, out]` matrix into `parts` column blocks on `device`, as
-    /// 8-bit blocks when `q8` is set and `inp` allows ([`q8_tensor`]).
+    /// A row-major `[out, inp]` matrix (as the files store it) on `device` as column blocks
+    /// of `[inp, out]`: `parts` of them, or more where one would exceed [`MAX_BLOCK_BYTES`].
+    /// Each block is the `f32` transpose of its rows or, with `q8` and `inp` a multiple of
+    /// [`Q8_BLOCK`], 8-bit blocks of its rows read through a transposed view
+    /// ([`q8_tensor`]).
     fn dense(w: &[f32], inp: usize, out: usize, parts: usize, device: &Device, q8: bool) -> Self {
-        // Also enough blocks that none exceeds one device buffer.
         let by_size = (inp * out * std::mem::size_of::<f32>()).div_ceil(MAX_BLOCK_BYTES);
         let parts = parts.max(by_size).clamp(1, out.max(1));
         let width = out.div_ceil(parts);
-        let blocks = (0..out)
-            .step_by(width)
-            .map(|start| {
-                let cols = width.min(out - start);
-                let mut block = Vec::with_capacity(inp * cols);
-                for row in w.chunks_exact(out) {
-                    block.extend_from_slice(&row[start..start + cols]);
-                }
+        let blocks = w
+            .chunks((width * inp).max(1))
+            .map(|rows| {
+                let cols = rows.len() / inp.max(1);
                 if q8 && inp.is_multiple_of(Q8_BLOCK) {
-                    q8_tensor(&block, inp, cols, device)
+                    q8_tensor(rows, cols, inp, device)
                 } else {
+                    let block = transpose(rows, cols, inp);
                     Tensor::from_data(TensorData::new(block, [inp, cols]), device)
                 }
             })
@@ -181,19 +181,17 @@ impl WeightLayout {
 /// Inputs per scale of [`Placement::DeviceQ8`] weights.
 const Q8_BLOCK: usize = 32;
 
-/// A row-major `[inp, cols]` block as a logical `[inp, cols]` device tensor stored as burn
-/// 8-bit blocks of its transpose `[cols, inp]`, i.e. blocks run along the inputs of each
-/// output, as in ggml. (Blocks along the outputs of one input, the layout `[inp, cols]`
-/// quantised directly would give, derailed Qwen2.5-0.5B after one token: one large weight
-/// of an input coarsens 31 outputs' weights.) Quantised on the host, so the `f32` matrix
-/// never occupies the device: `scale = max |w| / 127`, `q = round(w / scale)` per block.
-/// burn reads the transposed view without copying. `inp` must be a multiple of
-/// [`Q8_BLOCK`].
-fn q8_tensor(block: &[f32], inp: usize, cols: usize, device: &Device) -> Tensor<2> {
-    let outputs_major = transpose(block, inp, cols);
-    let mut q = Vec::with_capacity(outputs_major.len());
-    let mut scales = Vec::with_capacity(outputs_major.len() / Q8_BLOCK);
-    for run in outputs_major.chunks_exact(Q8_BLOCK) {
+/// Row-major `[cols, inp]` weights (`cols` outputs) as a logical `[inp, cols]` device tensor
+/// stored as burn 8-bit blocks of the rows, i.e. blocks run along the inputs of each output,
+/// as in ggml. (Blocks along the outputs of one input, which quantising the `[inp, cols]`
+/// layout directly gives, derailed Qwen2.5-0.5B after one token: one large weight of an input
+/// coarsens 31 outputs' weights.) Quantised on the host, so the `f32` matrix never occupies
+/// the device: `scale = max |w| / 127`, `q = round(w / scale)` per block. burn reads the
+/// transposed view without copying. `inp` must be a multiple of [`Q8_BLOCK`].
+fn q8_tensor(rows: &[f32], cols: usize, inp: usize, device: &Device) -> Tensor<2> {
+    let mut q = Vec::with_capacity(rows.len());
+    let mut scales = Vec::with_capacity(rows.len() / Q8_BLOCK);
+    for run in rows.chunks_exact(Q8_BLOCK) {
         let amax = run.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         // An all-zero run takes any positive scale: every q is 0.
         let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
@@ -227,8 +225,8 @@ enum Embedding {
 /// into column blocks under the limit.
 const MAX_BLOCK_BYTES: usize = 128 << 20;
 
-/// Column blocks per linear layer on `device`: one per core on flex, one on a GPU (more
-/// where a layer exceeds [`MAX_BLOCK_BYTES`]).
+/// Column blocks per linear layer on `device`: one per core on flex, one on a GPU
+/// ([`Linear::dense`] adds more where a block would exceed [`MAX_BLOCK_BYTES`]).
 fn linear_parts(device: &Device) -> usize {
     if *device == Device::flex() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -308,10 +306,8 @@ impl Network {
             Ok(Tensor::from_data(TensorData::new(v, [len]), device))
         };
         let placement = layout.placement(device, store);
-        let quantize = placement == Placement::HostBlocks;
-        let q8 = placement == Placement::DeviceQ8;
         // HF/GGUF keep linear weights as [out, in]. Parts of a fused projection are stacked
-        // along `out` (appending rows); dense weights are then transposed once to [in, out].
+        // along `out` (appending rows).
         let linear = |i: usize,
                       parts: &[(LayerTensor, usize)],
                       bias: Option<&[LayerTensor]>,
@@ -321,11 +317,7 @@ impl Network {
                 .iter()
                 .map(|&(t, o)| (TensorName::Layer(i, t), o))
                 .collect();
-            let mut layer = match quantize.then(|| quant_matrix(store, &names, inp)) {
-                Some(Ok(Some(m))) => Linear::quantized(m),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(None)) | None => dense_linear(store, &names, inp, device, q8)?,
-            };
+            let mut layer = load_linear(store, &names, inp, device, placement)?;
             let out: usize = parts.iter().map(|(_, o)| o).sum();
             layer.bias = match bias {
                 None => None,
@@ -353,11 +345,8 @@ impl Network {
                 down: linear(i, &[(Down, hidden)], None, inter)?,
             });
         }
-        let embedding = match store.quantized(TensorName::Embedding, &[vocab, hidden])? {
-            Some(_) => Embedding::Quantized(
-                quant_matrix(store, &[(TensorName::Embedding, vocab)], hidden)?
-                    .ok_or_else(|| HlmError::Model("the embedding is not quantised".into()))?,
-            ),
+        let embedding = match quant_matrix(store, &[(TensorName::Embedding, vocab)], hidden)? {
+            Some(m) => Embedding::Quantized(m),
             None => Embedding::Dense(store.load(TensorName::Embedding, &[vocab, hidden])?),
         };
         let head_name = if cfg.tied_embeddings {
@@ -365,22 +354,22 @@ impl Network {
         } else {
             TensorName::LmHead
         };
-        let head = [(head_name, vocab)];
-        let lm_head = match (quantize, &embedding) {
-            (true, Embedding::Quantized(m)) if cfg.tied_embeddings => Linear::quantized(m.clone()),
-            (true, _) => match quant_matrix(store, &head, hidden)? {
-                Some(m) => Linear::quantized(m),
-                None => dense_linear(store, &head, hidden, device, false)?,
-            },
-            (false, Embedding::Dense(w)) if cfg.tied_embeddings => Linear::dense(
-                &transpose(w, vocab, hidden),
+        // A tied head reuses the embedding already in memory.
+        let lm_head = match &embedding {
+            Embedding::Quantized(m)
+                if cfg.tied_embeddings && placement == Placement::HostBlocks =>
+            {
+                Linear::quantized(m.clone())
+            }
+            Embedding::Dense(w) if cfg.tied_embeddings => Linear::dense(
+                w,
                 hidden,
                 vocab,
                 linear_parts(device),
                 device,
-                q8,
+                placement == Placement::DeviceQ8,
             ),
-            (false, _) => dense_linear(store, &head, hidden, device, q8)?,
+            _ => load_linear(store, &[(head_name, vocab)], hidden, device, placement)?,
         };
         Ok(Network {
             cfg: cfg.clone(),
@@ -644,27 +633,32 @@ fn quant_matrix(
     Ok(Some(m))
 }
 
-/// `names` (each `[rows, inp]`) dequantised to `f32`, stacked, transposed to `[inp, out]`,
-/// on `device` as `f32` or (`q8`) 8-bit blocks.
-fn dense_linear(
+/// The linear layer whose weight stacks `names` (each `[rows, inp]`), kept as `placement`
+/// says: the ggml blocks on the host when every part is held quantised, else on the device.
+fn load_linear(
     store: &WeightStore,
     names: &[(TensorName, usize)],
     inp: usize,
     device: &Device,
-    q8: bool,
+    placement: Placement,
 ) -> Result<Linear> {
+    if placement == Placement::HostBlocks
+        && let Some(m) = quant_matrix(store, names, inp)?
+    {
+        return Ok(Linear::quantized(m));
+    }
     let out: usize = names.iter().map(|(_, o)| o).sum();
     let mut w = Vec::with_capacity(out * inp);
     for &(name, rows) in names {
         w.extend(store.load(name, &[rows, inp])?);
     }
     Ok(Linear::dense(
-        &transpose(&w, out, inp),
+        &w,
         inp,
         out,
         linear_parts(device),
         device,
-        q8,
+        placement == Placement::DeviceQ8,
     ))
 }
 
@@ -699,21 +693,4 @@ fn newest_attention(layer: usize, probs: Tensor<3>) -> Result<LayerAttention> {
 fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.try_into_vec_as::<f32>()
         .map_err(|e| HlmError::Model(format!("cannot read a tensor back from the device: {e:?}")))
-}
-
-/// Row-major `[rows, cols]` -> `[cols, rows]`.
-fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut dst = vec![0.0f32; src.len()];
-    // Blocked so both sides stay in cache for the big matrices (embeddings, MLP).
-    const B: usize = 32;
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
-                }
-            }
-        }
-    }
-    dst
 }
