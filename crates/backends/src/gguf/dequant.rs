@@ -20,14 +20,14 @@ use super::types::{GgmlType, QK_K};
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f32>, DequantError> {
     let n = validate(ty, bytes.len(), n_elements as u64)?;
     let mut out = vec![0.0f32; n];
-    dequantize_blocks(ty, bytes, &mut out);
+    dequantize_row(ty, bytes, &mut out);
     Ok(out)
 }
 
 /// Dequantises `bytes` into `out`; the element count is `out.len()`.
 pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), DequantError> {
     validate(ty, bytes.len(), out.len() as u64)?;
-    dequantize_blocks(ty, bytes, out);
+    dequantize_row(ty, bytes, out);
     Ok(())
 }
 
@@ -73,12 +73,6 @@ pub(crate) fn validate(
 /// vector units (see `super::matmul`) vectorise these loops for them.
 #[inline(always)]
 pub(crate) fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
-    dequantize_blocks(ty, bytes, out)
-}
-
-/// Dispatch; lengths already validated.
-#[inline(always)]
-fn dequantize_blocks(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     match ty {
         GgmlType::F32 => f32_le(bytes, out),
         GgmlType::F16 => f16_le(bytes, out),
