@@ -2,6 +2,9 @@
 //! reference ([`HostLogits`]) on flex, and on wgpu with `HLM_TEST_WGPU=1`; a real draft model's
 //! step hands out device logits.
 
+#[path = "support/wgpu.rs"]
+mod wgpu_support;
+
 use burn::tensor::{Tensor, TensorData};
 use hlm_backends::{DeviceLogits, parse_device};
 use hlm_core::{HostLogits, NextTokenLogits, UncertaintyEstimator};
@@ -113,9 +116,7 @@ fn flex_answers_the_filter_queries_like_the_host() {
 
 #[test]
 fn wgpu_answers_the_filter_queries_like_the_host_when_enabled() {
-    if std::env::var("HLM_TEST_WGPU").as_deref() != Ok("1") {
-        eprintln!("skipped: set HLM_TEST_WGPU=1 to run on wgpu");
-        return;
+    if wgpu_support::device_if_enabled().is_some() {
+        agree_with_host("wgpu");
     }
-    agree_with_host("wgpu");
 }

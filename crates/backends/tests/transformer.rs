@@ -2,6 +2,8 @@
 
 #[path = "support/gguf_writer.rs"]
 mod gguf_writer;
+#[path = "support/wgpu.rs"]
+mod wgpu_support;
 
 use std::path::{Path, PathBuf};
 
@@ -324,12 +326,10 @@ fn gguf_round_trip_matches_safetensors() {
 /// the extra rounding of the weights. Needs a GPU (or software) adapter: `HLM_TEST_WGPU=1`.
 #[test]
 fn gguf_on_wgpu_keeps_8_bit_weights() {
-    if std::env::var("HLM_TEST_WGPU").as_deref() != Ok("1") {
-        eprintln!("skipped: set HLM_TEST_WGPU=1 to run on wgpu");
+    let Some(device) = wgpu_support::device_if_enabled() else {
         return;
-    }
+    };
     use hlm_backends::WeightLayout;
-    let device = hlm_backends::parse_device("wgpu").expect("wgpu device");
     let dir = scratch("gguf-wgpu");
     let path = dir.join("tiny-llama.gguf");
     gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
@@ -510,11 +510,9 @@ fn explicit_layer_indices_select_attention() {
 /// runs with `HLM_TEST_WGPU=1`.
 #[test]
 fn wgpu_matches_reference_when_enabled() {
-    if std::env::var("HLM_TEST_WGPU").as_deref() != Ok("1") {
-        eprintln!("skipped: set HLM_TEST_WGPU=1 to run on wgpu");
+    let Some(device) = wgpu_support::device_if_enabled() else {
         return;
-    }
-    let device = hlm_backends::parse_device("wgpu").expect("wgpu device");
+    };
     for name in ["tiny-llama", "tiny-qwen2"] {
         let r = reference(name);
         let mut m = Transformer::load(&fixture(name), &device).expect("loads on wgpu");
