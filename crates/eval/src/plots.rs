@@ -222,26 +222,33 @@ pub fn bench_plots(dir: &Path, points: &[Point<'_>]) -> Result<Vec<PathBuf>, Plo
             .filter(|s| !s.points.is_empty())
             .collect()
     };
-    let tradeoff = per_method(&|m, _| Some((quality(m)?, m.energy_saving_vs_hlm?)));
-    if !tradeoff.is_empty() {
-        written.extend(draw(
-            &dir.join("saving_vs_quality"),
+    // Quality against the papers' two headlines: energy saving, and token throughput
+    // (modelled: device, link and server time).
+    let tradeoffs: [(&str, &str, &str, &MetricOf); 2] = [
+        (
+            "saving_vs_quality",
             "Energy saving vs quality",
-            quality_name,
             "energy saving vs standard HLM",
-            &pareto_fronts(&tradeoff),
-        )?);
-    }
-    // The papers' other headline: token throughput (modelled: device, link and server time).
-    let speed = per_method(&|m, _| Some((quality(m)?, m.modelled_tokens_per_s)));
-    if !speed.is_empty() {
-        written.extend(draw(
-            &dir.join("throughput_vs_quality"),
+            &|m| m.energy_saving_vs_hlm,
+        ),
+        (
+            "throughput_vs_quality",
             "Token throughput vs quality",
-            quality_name,
             "generated tokens per modelled second",
-            &pareto_fronts(&speed),
-        )?);
+            &|m| Some(m.modelled_tokens_per_s),
+        ),
+    ];
+    for (file, title, y_label, metric) in tradeoffs {
+        let series = per_method(&|m, _| Some((quality(m)?, metric(m)?)));
+        if !series.is_empty() {
+            written.extend(draw(
+                &dir.join(file),
+                title,
+                quality_name,
+                y_label,
+                &pareto_fronts(&series),
+            )?);
+        }
     }
     if let Some((key, _)) = first.values.first() {
         let x = |p: &Point| p.values.first().map(|(_, v)| *v);
