@@ -321,7 +321,8 @@ fn ci(no_install: bool) -> Result<()> {
         "cargo clippy --workspace --all-targets -- -D warnings",
     )?;
     let mut test = cargo();
-    test.args(["test", "--workspace"]);
+    // Every test binary runs even when one fails; cargo lists the failed ones at the end.
+    test.args(["test", "--workspace", "--no-fail-fast"]);
     // The wgpu tests run on whatever Vulkan driver exists; on a machine without a GPU that is
     // Mesa's lavapipe, which needs a runtime dir.
     test.env("HLM_TEST_WGPU", "1");
@@ -340,7 +341,7 @@ fn ci(no_install: bool) -> Result<()> {
         std::fs::create_dir_all(&dir).context("cannot create XDG_RUNTIME_DIR")?;
         test.env("XDG_RUNTIME_DIR", dir);
     }
-    status(test, "cargo test --workspace")
+    status(test, "cargo test --workspace --no-fail-fast")
 }
 
 /// Whether this process may create network namespaces (root with iproute2 and tc).
