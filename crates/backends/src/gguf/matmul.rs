@@ -20,9 +20,12 @@ use rayon::prelude::*;
 
 use super::dequant::{MAX_FUSED_ROWS, dequantize_row, dot_rows, validate};
 use super::error::DequantError;
+use super::int8::{
+    self, ActivationBlocks, ActivationPairs, ActivationRow, Isa, PairRow, SMALL_BLOCK, SUPER_BLOCK,
+    activation_block,
+};
 use super::reader::SharedBytes;
 use super::types::GgmlType;
-use crate::layout::transpose;
 
 /// Weight rows per parallel task: large enough that the task overhead (~1 µs) is small
 /// next to its work (32 rows of 896 weights ≈ 15 µs), small enough to balance two to
@@ -108,43 +111,179 @@ impl QuantMatrix {
     }
 
     /// `x @ selfᵀ`: `x` is `[n, cols]` row-major, the result `[n, rows]`. `None` if `x` is
-    /// not `n` rows of `cols`.
+    /// not `n` rows of `cols`. The `exact` precision: every weight is dequantised to `f32`
+    /// (as [`super::dequantize`] gives it) and multiplied with the `f32` activations.
     pub fn matmul_t(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
         if n == 0 || x.len() != n * self.cols {
             return None;
         }
-        // Work in the transposed layout [rows, n] so every task owns a contiguous slice.
-        let mut yt = vec![0.0f32; self.rows * n];
-        let mut tasks: Vec<(&RowRange, usize, &mut [f32])> = Vec::new();
-        let mut rest: &mut [f32] = &mut yt;
+        Some(self.by_row_tasks(n, |range, bytes, scratch, out| {
+            let job = RowJob {
+                ty: range.ty,
+                bytes,
+                row_bytes: range.row_bytes,
+                x,
+            };
+            rows_times(job, scratch, out);
+        }))
+    }
+
+    /// `x @ selfᵀ` as [`QuantMatrix::matmul_t`], the `fast` precision: each row of `x` is
+    /// quantised once to 8-bit blocks and multiplied in integers ([`super::int8`]). Rows of a
+    /// type without an integer kernel (F32, F16, BF16) are multiplied exactly.
+    pub fn matmul_t_int8(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
+        if n == 0 || x.len() != n * self.cols {
+            return None;
+        }
+        let isa = Isa::detect();
+        // One quantisation of the activations per block size the ranges need.
+        let needs = |block| {
+            self.ranges
+                .iter()
+                .any(|r| activation_block(r.ty) == Some(block))
+        };
+        let quantized =
+            |block| needs(block).then(|| ActivationBlocks::quantize(x, self.cols, block));
+        let (small, large) = (quantized(SMALL_BLOCK), quantized(SUPER_BLOCK));
+        fn rows_of(a: &Option<ActivationBlocks>, n: usize) -> Vec<ActivationRow<'_>> {
+            a.as_ref()
+                .map_or_else(Vec::new, |a| (0..n).map(|t| a.row(t)).collect())
+        }
+        let (small_rows, large_rows) = (rows_of(&small, n), rows_of(&large, n));
+        // The 512-bit kernels take several rows in pairs.
+        let paired = |a: &Option<ActivationBlocks>| {
+            a.as_ref()
+                .filter(|_| isa == Isa::Avx512Vnni && n > 1)
+                .map(ActivationPairs::new)
+        };
+        let (small_pairs, large_pairs) = (paired(&small), paired(&large));
+        fn pairs_of<'a>(
+            pairs: &'a Option<ActivationPairs>,
+            a: &'a Option<ActivationBlocks>,
+        ) -> Vec<PairRow<'a>> {
+            match (pairs, a) {
+                (Some(pairs), Some(a)) => (0..pairs.len()).map(|p| pairs.pair(p, a)).collect(),
+                _ => Vec::new(),
+            }
+        }
+        let (small_pair_rows, large_pair_rows) = (
+            pairs_of(&small_pairs, &small),
+            pairs_of(&large_pairs, &large),
+        );
+        Some(self.by_row_tasks(n, |range, bytes, scratch, out| {
+            let (acts, pairs) = match activation_block(range.ty) {
+                Some(SMALL_BLOCK) => (&small_rows, &small_pair_rows),
+                Some(_) => (&large_rows, &large_pair_rows),
+                None => {
+                    let job = RowJob {
+                        ty: range.ty,
+                        bytes,
+                        row_bytes: range.row_bytes,
+                        x,
+                    };
+                    rows_times(job, scratch, out);
+                    return;
+                }
+            };
+            int8::rows_dot_paired(isa, range.ty, bytes, range.row_bytes, acts, pairs, out);
+        }))
+    }
+
+    /// Run `task(range, rows' bytes, scratch row, out)` over the rows in tasks of
+    /// [`ROWS_PER_TASK`] on rayon's pool, `out` being the task's rows of the result as
+    /// `[rows, n]`; returns the result as `[n, rows]`.
+    fn by_row_tasks<F>(&self, n: usize, task: F) -> Vec<f32>
+    where
+        F: Fn(&RowRange, &[u8], &mut [f32], &mut [f32]) + Sync,
+    {
+        // (range, first row in the range, first row in the matrix, rows)
+        let mut tasks: Vec<(&RowRange, usize, usize, usize)> = Vec::new();
+        let mut matrix_row = 0;
         for range in &self.ranges {
             for first in (0..range.rows).step_by(ROWS_PER_TASK) {
                 let count = ROWS_PER_TASK.min(range.rows - first);
-                let (out, tail) = rest.split_at_mut(count * n);
-                tasks.push((range, first, out));
-                rest = tail;
+                tasks.push((range, first, matrix_row + first, count));
             }
+            matrix_row += range.rows;
+        }
+        fn bytes_of(range: &RowRange, first: usize, count: usize) -> &[u8] {
+            let start = first * range.row_bytes;
+            &range.bytes[start..start + count * range.row_bytes]
         }
         let cols = self.cols;
+        let mut y = vec![0.0f32; self.rows * n];
+        if n == 1 {
+            // [rows, 1] is [1, rows]: every task owns a contiguous slice of the result.
+            let mut slices: Vec<(&RowRange, usize, &mut [f32])> = Vec::with_capacity(tasks.len());
+            let mut rest: &mut [f32] = &mut y;
+            for &(range, first, _, count) in &tasks {
+                let (out, tail) = rest.split_at_mut(count);
+                slices.push((range, first, out));
+                rest = tail;
+            }
+            slices.into_par_iter().for_each_init(
+                || vec![0.0f32; cols],
+                |scratch, (range, first, out)| {
+                    task(range, bytes_of(range, first, out.len()), scratch, out);
+                },
+            );
+            return y;
+        }
+        let columns = ColumnWriter::new(&mut y, self.rows, n);
         tasks.into_par_iter().for_each_init(
-            || vec![0.0f32; cols],
-            |scratch, (range, first, out)| {
-                let count = out.len() / n;
-                let start = first * range.row_bytes;
-                let bytes = &range.bytes[start..start + count * range.row_bytes];
-                let job = RowJob {
-                    ty: range.ty,
-                    bytes,
-                    row_bytes: range.row_bytes,
-                    x,
-                };
-                rows_times(job, scratch, out);
+            || (vec![0.0f32; cols], Vec::new()),
+            |(scratch, local), (range, first, matrix_row, count)| {
+                local.clear();
+                local.resize(count * n, 0.0);
+                task(range, bytes_of(range, first, count), scratch, local);
+                columns.write(matrix_row, local);
             },
         );
-        if n == 1 {
-            return Some(yt);
+        y
+    }
+}
+
+/// Writes the columns `row..row + count` of an `[n, rows]` result from several tasks at once.
+/// Each task owns its own rows of the weight matrix, so the columns they write never overlap.
+struct ColumnWriter<'a> {
+    out: *mut f32,
+    rows: usize,
+    n: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the writer is shared between tasks that write disjoint columns (see `write`).
+unsafe impl Sync for ColumnWriter<'_> {}
+
+impl<'a> ColumnWriter<'a> {
+    fn new(out: &'a mut [f32], rows: usize, n: usize) -> Self {
+        assert_eq!(out.len(), rows * n);
+        ColumnWriter {
+            out: out.as_mut_ptr(),
+            rows,
+            n,
+            _borrow: std::marker::PhantomData,
         }
-        Some(transpose(&yt, self.rows, n))
+    }
+
+    /// Write `local` (`[count, n]`: weight rows `row..row + count`, each with its `n`
+    /// activation rows) into columns `row..row + count` of the result.
+    fn write(&self, row: usize, local: &[f32]) {
+        let count = local.len() / self.n;
+        assert!(
+            row + count <= self.rows,
+            "columns {row}..{} of {}",
+            row + count,
+            self.rows
+        );
+        for (i, ys) in local.chunks_exact(self.n).enumerate() {
+            for (t, &v) in ys.iter().enumerate() {
+                // SAFETY: t < n and row + i < rows, so the index is inside the `[n, rows]`
+                // buffer this writer borrows mutably; tasks write disjoint row ranges, so no
+                // two threads write one element.
+                unsafe { *self.out.add(t * self.rows + row + i) = v };
+            }
+        }
     }
 }
 
@@ -227,12 +366,12 @@ fn rows_times_generic<const FMA: bool>(job: RowJob, scratch: &mut [f32], out: &m
 /// cores of the development VM at ~9 GB/s, explicit prefetches 4 KB ahead reach ~20 GB/s on
 /// a Q8_0 matrix (`benches/quant_matmul.rs`: 1 KB, 4 KB, 16 KB ahead gave 18.4, 20.8,
 /// 16.2 G weights/s).
-const PREFETCH_BYTES: usize = 4096;
+pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// Ask the CPU to start loading `bytes[start..start + len]` into cache (a hint: no effect
 /// on results, nothing outside `bytes` is touched).
 #[inline(always)]
-fn prefetch(bytes: &[u8], start: usize, len: usize) {
+pub(crate) fn prefetch(bytes: &[u8], start: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let end = (start + len).min(bytes.len());
@@ -282,43 +421,7 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
     use crate::gguf::dequantize;
-
-    /// Seeded bytes for `rows` rows of `ty`, with every f16 scale field set to a small
-    /// finite value (random bits would give NaN/Inf scales).
-    fn random_rows(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let n = ty.n_bytes((rows * cols) as u64).expect("block multiple") as usize;
-        let mut state = seed;
-        let mut bytes: Vec<u8> = (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (state >> 33) as u8
-            })
-            .collect();
-        let block = ty.type_size();
-        // Offsets of the f16 fields per block.
-        let f16_fields: &[usize] = match ty {
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => &[0],
-            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
-            GgmlType::Q6_K => &[208],
-            GgmlType::F16 => &[],
-            other => panic!("no test layout for {other}"),
-        };
-        for (i, b) in bytes.chunks_exact_mut(block).enumerate() {
-            for &off in f16_fields {
-                let v = half::f16::from_f32(0.01 + 0.001 * (i % 7) as f32);
-                b[off..off + 2].copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        if ty == GgmlType::F16 {
-            for (i, b) in bytes.chunks_exact_mut(2).enumerate() {
-                let v = half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 50.0);
-                b.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        bytes
-    }
+    use crate::gguf::synthetic::random_rows;
 
     fn shared(bytes: Vec<u8>) -> SharedBytes {
         SharedBytes::from(bytes)
@@ -479,6 +582,48 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The integer product of a matrix stacked from several types (a fused Q/K/V with F16
+    /// rows, which take the exact path) stays within the activations' rounding of the exact
+    /// product, and a row's result does not depend on how many rows share the product.
+    #[test]
+    fn int8_products_track_the_exact_ones_for_any_row_count() {
+        let cols = 512;
+        let parts = [
+            (GgmlType::Q4_K, 40),
+            (GgmlType::Q6_K, 9),
+            (GgmlType::Q8_0, 33),
+            (GgmlType::F16, 5),
+        ];
+        let mut m = QuantMatrix::new(cols);
+        for (k, &(ty, rows)) in parts.iter().enumerate() {
+            m.push(ty, shared(random_rows(ty, rows, cols, 90 + k as u64)), rows)
+                .expect("push");
+        }
+        let rows = m.rows();
+        let x: Vec<f32> = (0..70 * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
+            .collect();
+        let first = m.matmul_t_int8(&x[..cols], 1).expect("shapes");
+        for n in [1, 3, 9, 70] {
+            let x = &x[..n * cols];
+            let fast = m.matmul_t_int8(x, n).expect("shapes");
+            let exact = m.matmul_t(x, n).expect("shapes");
+            assert_eq!(fast[..rows], first[..], "row 0 with {n} rows");
+            let scale = exact.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            for (i, (f, e)) in fast.iter().zip(&exact).enumerate() {
+                assert!(
+                    (f - e).abs() <= 0.02 * scale,
+                    "n={n} element {i}: {f} vs {e}"
+                );
+            }
+            // The F16 rows are multiplied exactly.
+            for t in 0..n {
+                let r = t * rows + rows - 1;
+                assert_eq!(fast[r], exact[r], "F16 row, n={n}");
             }
         }
     }

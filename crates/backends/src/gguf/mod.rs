@@ -18,14 +18,18 @@
 
 mod dequant;
 mod error;
+pub mod int8;
 mod matmul;
 mod metadata;
+mod quantize;
 mod reader;
+pub mod synthetic;
 mod types;
 
 pub use dequant::{dequantize, dequantize_into, f16_bits_to_f32};
 pub use error::{DequantError, GgufError};
 pub use matmul::{QuantMatrix, ROWS_PER_TASK};
 pub use metadata::{MetadataArray, MetadataValue};
+pub use quantize::quantize_q8_0;
 pub use reader::{DEFAULT_ALIGNMENT, GgufFile, MAX_DIMS, SharedBytes, TensorInfo};
 pub use types::{GgmlType, QK_K};
