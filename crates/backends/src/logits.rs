@@ -48,6 +48,14 @@ impl DeviceLogits {
         }
     }
 
+    /// Wrap a `[vocab]` tensor whose values are also at hand on the host (`host`), so
+    /// [`NextTokenLogits::to_host`] reads nothing back.
+    pub fn with_host(logits: Tensor<1>, host: Arc<[f32]>) -> Self {
+        let l = DeviceLogits::new(logits);
+        let _ = l.host.set(host);
+        l
+    }
+
     /// `[1, vocab]`, the shape every query starts from.
     fn row(&self) -> Tensor<2> {
         self.logits.clone().reshape([1, self.vocab])

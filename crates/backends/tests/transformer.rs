@@ -1,4 +1,6 @@
-//! The burn transformer against the HF transformers reference of the tiny fixtures (CPU).
+//! The transformer against the HF transformers reference of the tiny fixtures: the CPU
+//! decoder at `exact` precision, burn's network on flex (the GPU code, on the CPU), the two
+//! against each other, and the `fast` precision within its rounding.
 
 #[path = "support/gguf_writer.rs"]
 mod gguf_writer;
@@ -8,7 +10,7 @@ mod wgpu_support;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use hlm_backends::Transformer;
+use hlm_backends::{Precision, Transformer, WeightLayout};
 use hlm_core::{DraftModel, LayerSelection, TargetModel, TokenId};
 use serde::Deserialize;
 
@@ -38,7 +40,8 @@ fn reference(name: &str) -> Reference {
 }
 
 fn load(name: &str) -> Transformer {
-    Transformer::load(&fixture(name), &Device::flex()).expect("fixture loads")
+    Transformer::load_with(&fixture(name), &Device::flex(), Precision::Exact)
+        .expect("fixture loads")
 }
 
 /// A scratch folder of this test process (removed first if a previous run left it).
@@ -297,7 +300,8 @@ fn gguf_round_trip_matches_safetensors() {
     let path = dir.join("tiny-llama.gguf");
     gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
     let r = reference("tiny-llama");
-    let mut from_gguf = Transformer::load(&path, &Device::flex()).expect("gguf loads");
+    let mut from_gguf =
+        Transformer::load_with(&path, &Device::flex(), Precision::Exact).expect("gguf loads");
     assert_eq!(
         from_gguf.config().rope_layout,
         hlm_backends::transformer::RopeLayout::Interleaved
@@ -329,13 +333,12 @@ fn gguf_on_wgpu_keeps_8_bit_weights() {
     let Some(device) = wgpu_support::device_if_enabled() else {
         return;
     };
-    use hlm_backends::WeightLayout;
     let dir = scratch("gguf-wgpu");
     let path = dir.join("tiny-llama.gguf");
     gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
     let r = reference("tiny-llama");
-    let mut dense = Transformer::from_gguf_with(&path, &device, WeightLayout::Dense).expect("f32");
-    let mut q8 = Transformer::from_gguf_with(&path, &device, WeightLayout::Auto).expect("q8");
+    let mut dense = Transformer::load_on_burn(&path, &device, WeightLayout::Dense).expect("f32");
+    let mut q8 = Transformer::load_on_burn(&path, &device, WeightLayout::Auto).expect("q8");
     // Expected bytes from the shapes: [inp, out] per layer, then the head.
     let c = dense.config().clone();
     let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);

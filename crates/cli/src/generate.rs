@@ -30,19 +30,25 @@ pub struct GenerateArgs {
     /// Print one JSON object (prompt_ids, generated_ids, text, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// Arithmetic of the matrix products: `fast` (8-bit activations times the quantised
+    /// weights in integers, llama.cpp's arithmetic) or `exact` (f32, equal to Hugging Face
+    /// transformers token for token, slower).
+    #[arg(long, default_value = "fast", value_parser = ["fast", "exact"])]
+    pub precision: String,
 }
 
 /// The single-model pipeline of `hlm generate`, as config text.
-pub fn generate_config(model: &str) -> String {
+pub fn generate_config(model: &str, precision: &str) -> String {
     format!(
-        "name = \"generate\"\n[generation]\ntemperature = 0.7\n[draft]\ntype = \"transformer\"\nmodel = {}\n",
-        toml_string(model)
+        "name = \"generate\"\n[generation]\ntemperature = 0.7\n[draft]\ntype = \"transformer\"\nmodel = {}\nprecision = {}\n",
+        toml_string(model),
+        toml_string(precision)
     )
 }
 
 /// `hlm generate`.
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let text = generate_config(&args.model);
+    let text = generate_config(&args.model, &args.precision);
     let cfg = PipelineConfig::parse(&text, "hlm generate", &args.overrides.to_overrides())?;
     let ctx = args.overrides.build_context(&cfg);
     let (mut pipeline, load_s) = build_pipeline(cfg, &ctx, !args.json)?;

@@ -25,6 +25,7 @@ mod prompt;
 mod prompts;
 mod run;
 mod serve;
+mod speed;
 
 /// Hybrid language model inference: draft on the device, verify on the server, upload only
 /// the tokens that matter.
@@ -44,6 +45,7 @@ Examples:
   hlm run --config configs/iu-hlm.toml --prompt 'def fibonacci(n):'
   hlm run --config configs/u-hlm.toml --set upload.uncertainty.threshold.max_risk=0.1 --json
   hlm generate --model qwen2.5-coder-0.5b-instruct --prompt 'def quicksort(xs):' --max-new-tokens 40
+  hlm speed --model qwen2.5-coder-1.5b-instruct
   hlm calibrate --config configs/u-hlm.toml --prompts prompts/general.jsonl --write u-hlm-cal.toml
   hlm bench --config configs/hlm.toml --prompts prompts/general.jsonl --max-new-tokens 32
   hlm serve --config configs/server.toml --listen 0.0.0.0:7070
@@ -65,6 +67,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Serve the target model to devices over the network (the split's server side).
     Serve(serve::ServeArgs),
+    /// Measure one model's prefill, decode and verification speed on this machine.
+    Speed(speed::SpeedArgs),
     /// Check or print pipeline configs.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -123,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => bench::bench(a),
         Command::Report(a) => bench::report(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Speed(a) => speed::speed(a),
         Command::Config(c) => config_cmd::config(c),
         Command::Models(c) => models::models(c),
     };

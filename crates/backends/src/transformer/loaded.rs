@@ -3,15 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use hlm_core::{
-    AttentionMap, DraftModel, DraftStep, HlmError, LayerSelection, Result, TargetModel,
-    TextTokenizer, TokenId,
+    AttentionMap, DraftModel, DraftStep, HlmError, LayerAttention, LayerSelection, NextTokenLogits,
+    Result, TargetModel, TextTokenizer, TokenId,
 };
 
 use super::config::TransformerConfig;
+use super::cpu::{CpuNetwork, HostKvCache};
 use super::kv_cache::KvCache;
 use super::model::{LogitRows, Network, WeightLayout};
+use super::precision::Precision;
 use super::tokenizer::load_tokenizer;
 use super::weights::{SafetensorsFiles, WeightStore};
 use crate::gguf::GgufFile;
@@ -89,56 +91,195 @@ impl ModelFiles {
     }
 }
 
-/// A LLaMA-family decoder (LLaMA, SmolLM, Qwen2) loaded on a burn device, with its KV state.
+/// A network whose weights are shared between sessions, with one sequence's KV state: the CPU
+/// decoder on the CPU, burn's network on a GPU (or on flex, explicitly, for comparisons).
+enum Decoder {
+    Cpu {
+        net: Arc<CpuNetwork>,
+        cache: HostKvCache,
+    },
+    Burn {
+        net: Arc<Network>,
+        cache: KvCache,
+    },
+}
+
+impl Decoder {
+    fn config(&self) -> &TransformerConfig {
+        match self {
+            Decoder::Cpu { net, .. } => net.config(),
+            Decoder::Burn { net, .. } => net.config(),
+        }
+    }
+
+    fn context_len(&self) -> usize {
+        match self {
+            Decoder::Cpu { cache, .. } => cache.len(),
+            Decoder::Burn { cache, .. } => cache.len(),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Decoder::Cpu { cache, .. } => cache.truncate(len),
+            Decoder::Burn { cache, .. } => cache.truncate(len),
+        }
+    }
+
+    /// The same weights with an empty KV state.
+    fn fork(&self) -> Decoder {
+        match self {
+            Decoder::Cpu { net, .. } => Decoder::Cpu {
+                net: Arc::clone(net),
+                cache: net.new_cache(),
+            },
+            Decoder::Burn { net, .. } => Decoder::Burn {
+                net: Arc::clone(net),
+                cache: KvCache::new(net.config().n_layers),
+            },
+        }
+    }
+
+    /// Whether `self` and `other` run on one set of weights (and can share a batched pass).
+    fn shares_weights(&self, other: &Decoder) -> bool {
+        match (self, other) {
+            (Decoder::Cpu { net: a, .. }, Decoder::Cpu { net: b, .. }) => Arc::ptr_eq(a, b),
+            (Decoder::Burn { net: a, .. }, Decoder::Burn { net: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn linear_weight_bytes(&self) -> usize {
+        match self {
+            Decoder::Cpu { net, .. } => net.linear_weight_bytes(),
+            Decoder::Burn { net, .. } => net.linear_weight_bytes(),
+        }
+    }
+
+    /// Where it runs, for descriptions.
+    fn location(&self) -> String {
+        match self {
+            Decoder::Cpu { net, .. } => format!("the CPU ({} precision)", net.precision()),
+            Decoder::Burn { net, .. } => format!("{:?}", net.device()),
+        }
+    }
+
+    /// Feed `tokens`; the next-token logits after the last of them and the newest position's
+    /// attention for `layers`.
+    fn step(
+        &mut self,
+        tokens: &[TokenId],
+        layers: &[usize],
+    ) -> Result<(Box<dyn NextTokenLogits>, Vec<LayerAttention>)> {
+        match self {
+            Decoder::Cpu { net, cache } => {
+                let mut out = net.forward_batch(&mut [(tokens, cache)], true, layers)?;
+                let out = out.pop().ok_or_else(no_output)?;
+                let logits: Arc<[f32]> =
+                    out.logits.into_iter().next().ok_or_else(no_output)?.into();
+                // The filter's queries run on flex (their rows split over the cores); the host
+                // copy is kept, so an upload reads nothing back.
+                let tensor = Tensor::from_data(
+                    TensorData::new(logits.to_vec(), [logits.len()]),
+                    &Device::flex(),
+                );
+                Ok((
+                    Box::new(DeviceLogits::with_host(tensor, logits)),
+                    out.attention,
+                ))
+            }
+            Decoder::Burn { net, cache } => {
+                let out = net.forward(tokens, cache, LogitRows::LastOnDevice, layers)?;
+                let logits = out.device_logits.ok_or_else(no_output)?;
+                Ok((Box::new(DeviceLogits::new(logits)), out.attention))
+            }
+        }
+    }
+
+    /// Feed `tokens`; the logits after each of them.
+    fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Decoder::Cpu { net, cache } => {
+                let mut out = net.forward_batch(&mut [(tokens, cache)], false, &[])?;
+                Ok(out.pop().ok_or_else(no_output)?.logits)
+            }
+            Decoder::Burn { net, cache } => {
+                Ok(net.forward(tokens, cache, LogitRows::All, &[])?.logits)
+            }
+        }
+    }
+}
+
+fn no_output() -> HlmError {
+    HlmError::Model("forward returned no logits".into())
+}
+
+/// A LLaMA-family decoder (LLaMA, SmolLM, Qwen2) with its KV state: on the CPU hlm's own
+/// decoder ([`super::cpu`]), on a GPU burn's ([`super::model`]).
 pub struct Transformer {
-    /// Shared by [`TargetModel::fork`]s: one copy of the weights for every session.
-    network: Arc<Network>,
-    cache: KvCache,
+    /// The weights are shared by [`TargetModel::fork`]s: one copy for every session.
+    decoder: Decoder,
     max_context: usize,
     tokenizer: Option<Arc<dyn TextTokenizer>>,
     description: String,
 }
 
 impl Transformer {
-    /// Load a model from a `.gguf` file, a HF folder or a folder with one `.gguf` file.
+    /// Load a model from a `.gguf` file, a HF folder or a folder with one `.gguf` file, at
+    /// the default [`Precision`].
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        match ModelFiles::classify(path)? {
-            ModelFiles::Gguf(file) => Self::from_gguf(&file, device),
-            ModelFiles::HfFolder(folder) => Self::from_hf_folder(&folder, device),
-        }
+        Self::load_with(path, device, Precision::default())
     }
 
-    /// Load a GGUF file; the tokenizer is a `tokenizer.json` beside it, else the embedded one.
-    /// On the CPU the weights stay quantised in memory ([`WeightLayout::Auto`]).
-    pub fn from_gguf(path: &Path, device: &Device) -> Result<Self> {
-        Self::from_gguf_with(path, device, WeightLayout::Auto)
+    /// [`Transformer::load`] at a given precision. On the CPU (`Device::flex()`) the model
+    /// runs on the CPU decoder, a GGUF model's weights in their file form; on a GPU on burn,
+    /// `exact` with `f32` weights and `fast` with 8-bit blocks ([`WeightLayout`]).
+    pub fn load_with(path: &Path, device: &Device, precision: Precision) -> Result<Self> {
+        let OpenedModel {
+            cfg,
+            store,
+            tokenizer,
+            origin,
+        } = open_model(&ModelFiles::classify(path)?)?;
+        let decoder = if *device == Device::flex() {
+            let net = CpuNetwork::load(&cfg, &store, precision)?;
+            Decoder::Cpu {
+                cache: net.new_cache(),
+                net: Arc::new(net),
+            }
+        } else {
+            let layout = match (precision, &store) {
+                (Precision::Fast, WeightStore::Gguf(_)) => WeightLayout::Auto,
+                _ => WeightLayout::Dense,
+            };
+            burn_decoder(Network::load(&cfg, &store, device, layout)?)
+        };
+        Ok(Self::assemble(decoder, tokenizer, &origin))
     }
 
-    /// [`Transformer::from_gguf`] with an explicit [`WeightLayout`].
-    pub fn from_gguf_with(path: &Path, device: &Device, layout: WeightLayout) -> Result<Self> {
-        let file = GgufFile::open(path)?;
-        let cfg = TransformerConfig::from_gguf(&file)?;
-        let tokenizer = load_tokenizer(path, Some(&file), cfg.vocab_size)?;
-        let store = WeightStore::Gguf(file);
-        let network = Network::load(&cfg, &store, device, layout)?;
-        Ok(Self::assemble(network, tokenizer, path))
-    }
-
-    /// Load a Hugging Face folder (`config.json`, `model.safetensors` or shards).
-    pub fn from_hf_folder(folder: &Path, device: &Device) -> Result<Self> {
-        let cfg = TransformerConfig::from_hf_json(&folder.join("config.json"))?;
-        let store = WeightStore::Safetensors(SafetensorsFiles::open(folder)?);
-        let network = Network::load(&cfg, &store, device, WeightLayout::Dense)?;
-        let tokenizer = load_tokenizer(folder, None, cfg.vocab_size)?;
-        Ok(Self::assemble(network, tokenizer, folder))
+    /// burn's network on any device, `flex` included, with an explicit [`WeightLayout`]: the
+    /// GPU path, and on the CPU an independent implementation to check the CPU decoder with.
+    pub fn load_on_burn(path: &Path, device: &Device, layout: WeightLayout) -> Result<Self> {
+        let OpenedModel {
+            cfg,
+            store,
+            tokenizer,
+            origin,
+        } = open_model(&ModelFiles::classify(path)?)?;
+        let layout = match store {
+            WeightStore::Gguf(_) => layout,
+            WeightStore::Safetensors(_) => WeightLayout::Dense,
+        };
+        let decoder = burn_decoder(Network::load(&cfg, &store, device, layout)?);
+        Ok(Self::assemble(decoder, tokenizer, &origin))
     }
 
     fn assemble(
-        network: Network,
+        decoder: Decoder,
         tokenizer: Option<Arc<dyn TextTokenizer>>,
         origin: &Path,
     ) -> Self {
-        let cfg = network.config();
+        let cfg = decoder.config();
         // The folder names the model when the file has a generic name (`<name>/model.gguf`
         // in the models folder); clients match on it (`expect_model`).
         let file = origin.file_name().map_or_else(
@@ -150,19 +291,18 @@ impl Transformer {
             _ => file,
         };
         let description = format!(
-            "{name} ({:?}, {} layers, hidden {}, {}/{} heads, vocab {}) on {:?}",
+            "{name} ({:?}, {} layers, hidden {}, {}/{} heads, vocab {}) on {}",
             cfg.family,
             cfg.n_layers,
             cfg.hidden_size,
             cfg.n_heads,
             cfg.n_kv_heads,
             cfg.vocab_size,
-            network.device()
+            decoder.location()
         );
         Transformer {
-            cache: KvCache::new(cfg.n_layers),
             max_context: cfg.max_context,
-            network: Arc::new(network),
+            decoder,
             tokenizer,
             description,
         }
@@ -170,25 +310,25 @@ impl Transformer {
 
     /// Lower the context limit (e.g. to bound memory); it never rises above the model's own.
     pub fn with_max_context(mut self, max_context: usize) -> Self {
-        self.max_context = max_context.min(self.network.config().max_context).max(1);
+        self.max_context = max_context.min(self.decoder.config().max_context).max(1);
         self
     }
 
-    /// The model's hyper-parameters.
     /// Bytes the linear weights take where they live (see [`WeightLayout`]).
     pub fn linear_weight_bytes(&self) -> usize {
-        self.network.linear_weight_bytes()
+        self.decoder.linear_weight_bytes()
     }
 
+    /// The model's hyper-parameters.
     pub fn config(&self) -> &TransformerConfig {
-        self.network.config()
+        self.decoder.config()
     }
 
     fn check_feed(&self, tokens: &[TokenId]) -> Result<()> {
         if tokens.is_empty() {
             return Err(HlmError::Model("forward needs at least one token".into()));
         }
-        let requested = self.cache.len() + tokens.len();
+        let requested = self.decoder.context_len() + tokens.len();
         if requested > self.max_context {
             return Err(HlmError::ContextOverflow {
                 requested,
@@ -199,24 +339,68 @@ impl Transformer {
     }
 
     fn rollback(&mut self, len: usize) -> Result<()> {
-        if len > self.cache.len() {
+        let available = self.decoder.context_len();
+        if len > available {
             return Err(HlmError::Rollback {
                 requested: len,
-                available: self.cache.len(),
+                available,
             });
         }
-        self.cache.truncate(len);
+        self.decoder.truncate(len);
         Ok(())
+    }
+}
+
+/// A model's files, opened: its config, weights, tokenizer and where they came from.
+struct OpenedModel {
+    cfg: TransformerConfig,
+    store: WeightStore,
+    tokenizer: Option<Arc<dyn TextTokenizer>>,
+    origin: PathBuf,
+}
+
+fn open_model(files: &ModelFiles) -> Result<OpenedModel> {
+    match files {
+        ModelFiles::Gguf(path) => {
+            let file = GgufFile::open(path)?;
+            let cfg = TransformerConfig::from_gguf(&file)?;
+            // The tokenizer is a `tokenizer.json` beside the file, else the embedded one.
+            let tokenizer = load_tokenizer(path, Some(&file), cfg.vocab_size)?;
+            Ok(OpenedModel {
+                cfg,
+                store: WeightStore::Gguf(file),
+                tokenizer,
+                origin: path.clone(),
+            })
+        }
+        ModelFiles::HfFolder(folder) => {
+            let cfg = TransformerConfig::from_hf_json(&folder.join("config.json"))?;
+            let store = WeightStore::Safetensors(SafetensorsFiles::open(folder)?);
+            let tokenizer = load_tokenizer(folder, None, cfg.vocab_size)?;
+            Ok(OpenedModel {
+                cfg,
+                store,
+                tokenizer,
+                origin: folder.clone(),
+            })
+        }
+    }
+}
+
+fn burn_decoder(net: Network) -> Decoder {
+    Decoder::Burn {
+        cache: KvCache::new(net.config().n_layers),
+        net: Arc::new(net),
     }
 }
 
 impl DraftModel for Transformer {
     fn vocab_size(&self) -> usize {
-        self.network.config().vocab_size
+        self.config().vocab_size
     }
 
     fn n_layers(&self) -> usize {
-        self.network.config().n_layers
+        self.config().n_layers
     }
 
     fn max_context(&self) -> usize {
@@ -224,7 +408,7 @@ impl DraftModel for Transformer {
     }
 
     fn context_len(&self) -> usize {
-        self.cache.len()
+        self.decoder.context_len()
     }
 
     fn forward(
@@ -234,19 +418,14 @@ impl DraftModel for Transformer {
     ) -> Result<DraftStep> {
         self.check_feed(tokens)?;
         let layers = match attention {
-            Some(sel) => sel.resolve(self.network.config().n_layers)?,
+            Some(sel) => sel.resolve(self.config().n_layers)?,
             None => Vec::new(),
         };
-        let out =
-            self.network
-                .forward(tokens, &mut self.cache, LogitRows::LastOnDevice, &layers)?;
-        let logits = out
-            .device_logits
-            .ok_or_else(|| HlmError::Model("forward returned no logits".into()))?;
+        let (logits, layers_attention) = self.decoder.step(tokens, &layers)?;
         Ok(DraftStep {
-            logits: Box::new(DeviceLogits::new(logits)),
+            logits,
             attention: attention.map(|_| AttentionMap {
-                layers: out.attention,
+                layers: layers_attention,
             }),
         })
     }
@@ -266,7 +445,7 @@ impl DraftModel for Transformer {
 
 impl TargetModel for Transformer {
     fn vocab_size(&self) -> usize {
-        self.network.config().vocab_size
+        self.config().vocab_size
     }
 
     fn max_context(&self) -> usize {
@@ -274,15 +453,12 @@ impl TargetModel for Transformer {
     }
 
     fn context_len(&self) -> usize {
-        self.cache.len()
+        self.decoder.context_len()
     }
 
     fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>> {
         self.check_feed(tokens)?;
-        let out = self
-            .network
-            .forward(tokens, &mut self.cache, LogitRows::All, &[])?;
-        Ok(out.logits)
+        self.decoder.forward_all(tokens)
     }
 
     fn truncate(&mut self, len: usize) -> Result<()> {
@@ -303,8 +479,7 @@ impl TargetModel for Transformer {
 
     fn fork(&self) -> Result<Box<dyn TargetModel>> {
         Ok(Box::new(Transformer {
-            network: Arc::clone(&self.network),
-            cache: KvCache::new(self.network.config().n_layers),
+            decoder: self.decoder.fork(),
             max_context: self.max_context,
             tokenizer: self.tokenizer.clone(),
             description: self.description.clone(),
@@ -321,9 +496,8 @@ pub fn forward_all_batch(
     feeds: &[&[TokenId]],
 ) -> Vec<Result<Vec<Vec<f32>>>> {
     let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = (0..models.len()).map(|_| None).collect();
-    // Transformers on one network, with a valid feed, go into the batch.
+    // Transformers on the first one's weights, with a valid feed, go into the batch.
     let mut batch: Vec<(usize, &mut Transformer)> = Vec::new();
-    let mut network: Option<Arc<Network>> = None;
     for (i, m) in models.iter_mut().enumerate() {
         let Some(t) = m.as_any_mut().and_then(|a| a.downcast_mut::<Transformer>()) else {
             continue;
@@ -332,22 +506,19 @@ pub fn forward_all_batch(
             results[i] = Some(Err(e));
             continue;
         }
-        let same = network.get_or_insert_with(|| Arc::clone(&t.network));
-        if Arc::ptr_eq(same, &t.network) {
+        if batch
+            .first()
+            .is_none_or(|(_, first)| first.decoder.shares_weights(&t.decoder))
+        {
             batch.push((i, t));
         }
     }
-    if batch.len() > 1
-        && let Some(net) = network
-    {
-        let mut seqs: Vec<(&[TokenId], &mut KvCache)> = batch
-            .iter_mut()
-            .map(|(i, t)| (feeds[*i], &mut t.cache))
-            .collect();
-        match net.forward_batch(&mut seqs, LogitRows::All, &[]) {
+    if batch.len() > 1 {
+        let outs = run_batch(&mut batch, feeds);
+        match outs {
             Ok(outs) => {
-                for ((i, _), out) in batch.iter().zip(outs) {
-                    results[*i] = Some(Ok(out.logits));
+                for ((i, _), logits) in batch.iter().zip(outs) {
+                    results[*i] = Some(Ok(logits));
                 }
             }
             Err(e) => {
@@ -364,4 +535,39 @@ pub fn forward_all_batch(
         .zip(feeds)
         .map(|((m, r), feed)| r.unwrap_or_else(|| m.forward_all(feed)))
         .collect()
+}
+
+/// One pass over transformers that share their weights; the logits of every fed position of
+/// each.
+fn run_batch(
+    batch: &mut [(usize, &mut Transformer)],
+    feeds: &[&[TokenId]],
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let Some((_, first)) = batch.first() else {
+        return Ok(Vec::new());
+    };
+    match &first.decoder {
+        Decoder::Cpu { net, .. } => {
+            let net = Arc::clone(net);
+            let mut seqs: Vec<(&[TokenId], &mut HostKvCache)> = Vec::new();
+            for (i, t) in batch.iter_mut() {
+                if let Decoder::Cpu { cache, .. } = &mut t.decoder {
+                    seqs.push((feeds[*i], cache));
+                }
+            }
+            let outs = net.forward_batch(&mut seqs, false, &[])?;
+            Ok(outs.into_iter().map(|o| o.logits).collect())
+        }
+        Decoder::Burn { net, .. } => {
+            let net = Arc::clone(net);
+            let mut seqs: Vec<(&[TokenId], &mut KvCache)> = Vec::new();
+            for (i, t) in batch.iter_mut() {
+                if let Decoder::Burn { cache, .. } = &mut t.decoder {
+                    seqs.push((feeds[*i], cache));
+                }
+            }
+            let outs = net.forward_batch(&mut seqs, LogitRows::All, &[])?;
+            Ok(outs.into_iter().map(|o| o.logits).collect())
+        }
+    }
 }

@@ -12,7 +12,7 @@ use hlm_core::{HlmError, LayerAttention, Result, TokenId};
 use super::config::TransformerConfig;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
-use super::weights::{LayerTensor, TensorName, WeightStore};
+use super::weights::{LayerTensor, LinearParts, TensorName, WeightStore, block_linears};
 use crate::gguf::QuantMatrix;
 use crate::layout::transpose;
 
@@ -290,17 +290,7 @@ impl Network {
         device: &Device,
         layout: WeightLayout,
     ) -> Result<Self> {
-        let TransformerConfig {
-            vocab_size: vocab,
-            hidden_size: hidden,
-            intermediate_size: inter,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            ..
-        } = *cfg;
-        let q_dim = n_heads * head_dim;
-        let kv_dim = n_kv_heads * head_dim;
+        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
         let vector = |name: TensorName, len: usize| -> Result<Tensor<1>> {
             let v = store.load(name, &[len])?;
             Ok(Tensor::from_data(TensorData::new(v, [len]), device))
@@ -308,44 +298,31 @@ impl Network {
         let placement = layout.placement(device, store);
         // HF/GGUF keep linear weights as [out, in]. Parts of a fused projection are stacked
         // along `out` (appending rows).
-        let linear = |i: usize,
-                      parts: &[(LayerTensor, usize)],
-                      bias: Option<&[LayerTensor]>,
-                      inp: usize|
-         -> Result<Linear> {
-            let names: Vec<(TensorName, usize)> = parts
-                .iter()
-                .map(|&(t, o)| (TensorName::Layer(i, t), o))
-                .collect();
-            let mut layer = load_linear(store, &names, inp, device, placement)?;
-            let out: usize = parts.iter().map(|(_, o)| o).sum();
-            layer.bias = match bias {
+        let linear = |i: usize, l: &LinearParts| -> Result<Linear> {
+            let mut layer = load_linear(store, &l.names(i), l.inp, device, placement)?;
+            layer.bias = match &l.bias {
                 None => None,
                 Some(names) => {
-                    let mut b = Vec::with_capacity(out);
-                    for (&t, &(_, o)) in names.iter().zip(parts) {
-                        b.extend(store.load(TensorName::Layer(i, t), &[o])?);
-                    }
-                    Some(Tensor::from_data(TensorData::new(b, [out]), device))
+                    let b = store.load_bias(i, names, &l.parts)?;
+                    Some(Tensor::from_data(TensorData::new(b, [l.out()]), device))
                 }
             };
             Ok(layer)
         };
+        let [qkv, o, gate_up, down] = block_linears(cfg);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             use LayerTensor::*;
-            let qkv_bias: &[LayerTensor] = &[QBias, KBias, VBias];
-            let qkv_parts = [(Q, q_dim), (K, kv_dim), (V, kv_dim)];
             blocks.push(Block {
                 attn_norm: vector(TensorName::Layer(i, AttnNorm), hidden)?,
-                qkv: linear(i, &qkv_parts, cfg.qkv_bias.then_some(qkv_bias), hidden)?,
-                o: linear(i, &[(O, hidden)], None, q_dim)?,
+                qkv: linear(i, &qkv)?,
+                o: linear(i, &o)?,
                 ffn_norm: vector(TensorName::Layer(i, FfnNorm), hidden)?,
-                gate_up: linear(i, &[(Gate, inter), (Up, inter)], None, hidden)?,
-                down: linear(i, &[(Down, hidden)], None, inter)?,
+                gate_up: linear(i, &gate_up)?,
+                down: linear(i, &down)?,
             });
         }
-        let embedding = match quant_matrix(store, &[(TensorName::Embedding, vocab)], hidden)? {
+        let embedding = match store.quant_matrix(&[(TensorName::Embedding, vocab)], hidden)? {
             Some(m) => Embedding::Quantized(m),
             None => Embedding::Dense(store.load(TensorName::Embedding, &[vocab, hidden])?),
         };
@@ -378,7 +355,7 @@ impl Network {
             blocks,
             final_norm: vector(TensorName::FinalNorm, hidden)?,
             lm_head,
-            rope: Rope::new(head_dim, cfg.rope_theta, cfg.rope_layout),
+            rope: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_layout),
         })
     }
 
@@ -610,29 +587,6 @@ impl Network {
     }
 }
 
-/// The rows of `names` (each `[rows, inp]`) stacked in one [`QuantMatrix`], if every one of
-/// them is held quantised; `None` if any is not (the layer then goes dense).
-fn quant_matrix(
-    store: &WeightStore,
-    names: &[(TensorName, usize)],
-    inp: usize,
-) -> Result<Option<QuantMatrix>> {
-    let mut m = QuantMatrix::new(inp);
-    for &(name, rows) in names {
-        let Some((ty, bytes)) = store.quantized(name, &[rows, inp])? else {
-            return Ok(None);
-        };
-        m.push(ty, bytes, rows).map_err(|e| {
-            HlmError::Model(format!(
-                "{}: tensor '{}': {e}",
-                store.origin().display(),
-                name.gguf()
-            ))
-        })?;
-    }
-    Ok(Some(m))
-}
-
 /// The linear layer whose weight stacks `names` (each `[rows, inp]`), kept as `placement`
 /// says: the ggml blocks on the host when every part is held quantised, else on the device.
 fn load_linear(
@@ -643,15 +597,12 @@ fn load_linear(
     placement: Placement,
 ) -> Result<Linear> {
     if placement == Placement::HostBlocks
-        && let Some(m) = quant_matrix(store, names, inp)?
+        && let Some(m) = store.quant_matrix(names, inp)?
     {
         return Ok(Linear::quantized(m));
     }
     let out: usize = names.iter().map(|(_, o)| o).sum();
-    let mut w = Vec::with_capacity(out * inp);
-    for &(name, rows) in names {
-        w.extend(store.load(name, &[rows, inp])?);
-    }
+    let w = store.load_stacked(names, inp)?;
     Ok(Linear::dense(
         &w,
         inp,

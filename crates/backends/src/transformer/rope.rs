@@ -28,8 +28,9 @@ impl Rope {
         Rope { inv_freq, layout }
     }
 
-    /// Angles for positions `start .. start + len`: `[len, head_dim/2]` each.
-    pub fn angles(&self, start: usize, len: usize, device: &Device) -> RopeAngles {
+    /// cos and sin of the angles for positions `start .. start + len`, row-major
+    /// `[len, head_dim/2]` each.
+    pub fn table(&self, start: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
@@ -41,6 +42,13 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
+        (cos, sin)
+    }
+
+    /// [`Rope::table`] as tensors on `device`, `[len, head_dim/2]` each.
+    pub fn angles(&self, start: usize, len: usize, device: &Device) -> RopeAngles {
+        let half = self.inv_freq.len();
+        let (cos, sin) = self.table(start, len);
         RopeAngles {
             cos: Tensor::from_data(TensorData::new(cos, [len, half]), device),
             sin: Tensor::from_data(TensorData::new(sin, [len, half]), device),

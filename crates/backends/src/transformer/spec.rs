@@ -10,6 +10,7 @@ use hlm_core::{
 use serde::{Deserialize, Serialize};
 
 use super::loaded::Transformer;
+use super::precision::Precision;
 
 /// Device names accepted in configs and on the command line.
 pub const DEVICE_NAMES: &[&str] = &["cpu", "wgpu"];
@@ -27,6 +28,10 @@ pub struct TransformerSpec {
     /// Cap on the context length (never above the model's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_context: Option<usize>,
+    /// Arithmetic of the matrix products: `"fast"` (default: 8-bit activations in integers on
+    /// the CPU, 8-bit weights on a GPU) or `"exact"` (f32, equal to transformers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 impl TransformerSpec {
@@ -35,7 +40,7 @@ impl TransformerSpec {
         let device_name = self.device.as_deref().unwrap_or(&ctx.device);
         let device = parse_device(device_name)?;
         let path = resolve_model_path(&self.model, ctx.models_dir.as_deref())?;
-        let model = Transformer::load(&path, &device)?;
+        let model = Transformer::load_with(&path, &device, self.precision.unwrap_or_default())?;
         Ok(match self.max_context {
             Some(n) => model.with_max_context(n),
             None => model,

@@ -12,7 +12,7 @@ use hlm_core::{HlmError, Result};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::gguf::{GgmlType, GgufFile, SharedBytes};
+use crate::gguf::{GgmlType, GgufFile, QuantMatrix, SharedBytes};
 
 /// One tensor of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,109 @@ impl WeightStore {
             return Ok(None);
         }
         Ok(Some((ty, file.tensor_shared(&gguf_name)?)))
+    }
+}
+
+/// One linear layer of a decoder block: the tensors stacked along its outputs (each with its
+/// output size), their biases (one per part) and the input size.
+#[derive(Debug, Clone)]
+pub struct LinearParts {
+    pub parts: Vec<(LayerTensor, usize)>,
+    pub bias: Option<Vec<LayerTensor>>,
+    pub inp: usize,
+}
+
+impl LinearParts {
+    /// Outputs of the stacked layer.
+    pub fn out(&self) -> usize {
+        self.parts.iter().map(|(_, o)| o).sum()
+    }
+
+    /// The parts' names in layer `layer`.
+    pub fn names(&self, layer: usize) -> Vec<(TensorName, usize)> {
+        self.parts
+            .iter()
+            .map(|&(t, o)| (TensorName::Layer(layer, t), o))
+            .collect()
+    }
+}
+
+/// The four linear layers of every decoder block, fused where that makes fewer, larger
+/// products: `[q | k | v]`, the output projection, `[gate | up]` and the down projection.
+pub fn block_linears(cfg: &super::TransformerConfig) -> [LinearParts; 4] {
+    use LayerTensor::*;
+    let (q_dim, kv_dim) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+    let (hidden, inter) = (cfg.hidden_size, cfg.intermediate_size);
+    [
+        LinearParts {
+            parts: vec![(Q, q_dim), (K, kv_dim), (V, kv_dim)],
+            bias: cfg.qkv_bias.then(|| vec![QBias, KBias, VBias]),
+            inp: hidden,
+        },
+        LinearParts {
+            parts: vec![(O, hidden)],
+            bias: None,
+            inp: q_dim,
+        },
+        LinearParts {
+            parts: vec![(Gate, inter), (Up, inter)],
+            bias: None,
+            inp: hidden,
+        },
+        LinearParts {
+            parts: vec![(Down, hidden)],
+            bias: None,
+            inp: inter,
+        },
+    ]
+}
+
+impl WeightStore {
+    /// The rows of `names` (each `[rows, inp]`) stacked in one [`QuantMatrix`], if every one
+    /// of them is held quantised; `None` if any is not.
+    pub fn quant_matrix(
+        &self,
+        names: &[(TensorName, usize)],
+        inp: usize,
+    ) -> Result<Option<QuantMatrix>> {
+        let mut m = QuantMatrix::new(inp);
+        for &(name, rows) in names {
+            let Some((ty, bytes)) = self.quantized(name, &[rows, inp])? else {
+                return Ok(None);
+            };
+            m.push(ty, bytes, rows).map_err(|e| {
+                HlmError::Model(format!(
+                    "{}: tensor '{}': {e}",
+                    self.origin().display(),
+                    name.gguf()
+                ))
+            })?;
+        }
+        Ok(Some(m))
+    }
+
+    /// The biases `names` (output sizes from `parts`), concatenated.
+    pub fn load_bias(
+        &self,
+        layer: usize,
+        names: &[LayerTensor],
+        parts: &[(LayerTensor, usize)],
+    ) -> Result<Vec<f32>> {
+        let mut b = Vec::new();
+        for (&t, &(_, o)) in names.iter().zip(parts) {
+            b.extend(self.load(TensorName::Layer(layer, t), &[o])?);
+        }
+        Ok(b)
+    }
+
+    /// The rows of `names` (each `[rows, inp]`) as `f32`, stacked.
+    pub fn load_stacked(&self, names: &[(TensorName, usize)], inp: usize) -> Result<Vec<f32>> {
+        let out: usize = names.iter().map(|(_, o)| o).sum();
+        let mut w = Vec::with_capacity(out * inp);
+        for &(name, rows) in names {
+            w.extend(self.load(name, &[rows, inp])?);
+        }
+        Ok(w)
     }
 }
 
