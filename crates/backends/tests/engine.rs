@@ -83,6 +83,7 @@ fn build(
             gamma: s.gamma,
             filter_action: s.action,
             bonus_token: s.bonus,
+            ..SpeculationConfig::default()
         },
         name: "test".into(),
     }
@@ -530,4 +531,136 @@ fn calibration_records_carry_exact_rejection_probabilities() {
         accepted += usize::from(rec.accepted);
     }
     assert_eq!(accepted as u64, r.stats.draft_n_accepted);
+}
+
+/// Adaptive γ picks each round's length (0 = the target alone) from measured costs and the
+/// acceptance so far: a stopping rule on the past, which keeps speculative sampling lossless.
+#[test]
+fn lossless_with_adaptive_gamma() {
+    let s = Setup {
+        vocab: 4,
+        gamma: 4,
+        action: FilterAction::StopDrafting,
+        bonus: true,
+        temperature: 1.0,
+        max_new: 3,
+    };
+    let prompt = [1u32];
+    let runs = 6000;
+    let law = target_law(s.vocab, &prompt, s.max_new);
+    let mut p = build(&s, Box::new(SpeculativeSampling {}), never(), dense32());
+    p.speculation.adaptive = true;
+    let p_value = chi_square_p(&sample_outputs(&mut p, &prompt, runs), &law, runs);
+    assert!(
+        p_value > 1e-3,
+        "adaptive gamma rejected as lossy: p = {p_value}"
+    );
+}
+
+/// At temperature 0, adaptive γ reproduces the target's greedy output whether it speculates
+/// or lets the target decode alone (here the table models cost the same, so it does both:
+/// target-only steps, probe rounds, and catching the draft model up afterwards).
+#[test]
+fn greedy_with_adaptive_gamma_equals_target_greedy() {
+    let vocab = 16;
+    let prompt = [3u32, 7];
+    let expected = greedy_continuation(TARGET_SEED, vocab, &prompt, 60);
+    let s = Setup {
+        vocab,
+        gamma: 4,
+        action: FilterAction::StopDrafting,
+        bonus: true,
+        temperature: 0.0,
+        max_new: 60,
+    };
+    let mut p = build(&s, Box::new(SpeculativeSampling {}), never(), dense32());
+    p.speculation.adaptive = true;
+    let r = p.generate(&prompt, &mut |_| {}).unwrap();
+    assert_eq!(r.generated_ids, expected);
+    assert!(
+        r.stats.target_only_tokens > 0,
+        "the first token is the target's alone"
+    );
+    assert!(
+        r.stats.verify_calls > r.stats.target_only_tokens,
+        "{:?}",
+        r.stats
+    );
+    assert_eq!(r.stats.generated_tokens, 60);
+}
+
+/// Speculative sampling between two tiny random-weight transformers at `fast` precision
+/// (their weights quantised to Q8_0, activations to 8 bits) gives the target's distribution
+/// exactly: the target's verification pass over several positions computes the logits of
+/// one position at a time bit for bit, so the law below, computed position by position, is
+/// the law the engine samples. A verifier that accepts everything follows the draft model
+/// instead and must be caught.
+#[test]
+fn lossless_on_tiny_transformers_at_fast_precision() {
+    use burn::tensor::Device;
+    use hlm_backends::{Precision, Transformer};
+    use hlm_core::{DraftModel, TargetModel};
+    let fixture = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    };
+    let load = |name: &str| {
+        Transformer::load_with(&fixture(name), &Device::flex(), Precision::Fast).expect("loads")
+    };
+    let (prompt, len, temperature, runs) = ([1u32, 5], 2usize, 0.5f32, 8000u64);
+    // The target's law, one forward pass per prefix.
+    let mut target = load("tiny-qwen2");
+    let mut law = HashMap::new();
+    let mut stack = vec![(Vec::<TokenId>::new(), 1.0f64)];
+    while let Some((seq, p)) = stack.pop() {
+        if seq.len() == len {
+            law.insert(seq, p);
+            continue;
+        }
+        let mut hist = prompt.to_vec();
+        hist.extend(&seq);
+        TargetModel::truncate(&mut target, 0).unwrap();
+        let logits = target.forward_all(&hist).unwrap().pop().unwrap();
+        let y = softmax_with_temperature(&logits, temperature);
+        for (t, &q) in y.iter().enumerate() {
+            let mut next = seq.clone();
+            next.push(t as TokenId);
+            stack.push((next, p * q as f64));
+        }
+    }
+    let testable = law.values().filter(|&&p| p * runs as f64 >= 5.0).count();
+    assert!(testable >= 20, "only {testable} cells can be tested");
+    let pipeline = |rule: Box<dyn AcceptanceRule>| {
+        let draft: Box<dyn DraftModel> = Box::new(load("tiny-llama"));
+        let verifier = LocalVerifier::new(Box::new(load("tiny-qwen2")), rule);
+        let mut p = build(
+            &Setup {
+                vocab: 64,
+                gamma: 3,
+                action: FilterAction::StopDrafting,
+                bonus: true,
+                temperature,
+                max_new: len,
+            },
+            Box::new(SpeculativeSampling {}),
+            never(),
+            dense32(),
+        );
+        p.draft = Some(draft);
+        p.verifier = Some(Box::new(verifier));
+        p
+    };
+    let mut good = pipeline(Box::new(SpeculativeSampling {}));
+    let p_good = chi_square_p(&sample_outputs(&mut good, &prompt, runs), &law, runs);
+    assert!(
+        p_good > 1e-3,
+        "speculative sampling at fast precision rejected as lossy: p = {p_good}"
+    );
+    let mut broken = pipeline(Box::new(AcceptEverything {}));
+    let p_broken = chi_square_p(&sample_outputs(&mut broken, &prompt, runs), &law, runs);
+    assert!(
+        p_broken < 1e-6,
+        "a verifier that accepts everything passed: p = {p_broken}"
+    );
 }

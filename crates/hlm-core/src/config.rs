@@ -87,12 +87,17 @@ impl Default for GenerationConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpeculationConfig {
-    /// Uploaded drafts per round (γ ≥ 1).
+    /// Uploaded drafts per round (γ ≥ 1); with `adaptive`, the most a round may hold.
     pub gamma: usize,
     /// See [`FilterAction`].
     pub filter_action: FilterAction,
     /// Draw a bonus token from the target when every draft of a round is accepted.
     pub bonus_token: bool,
+    /// Choose each round's γ in `0..=gamma` from the measured cost of a draft step, of a
+    /// verification pass per position count, and the running acceptance rate (the expected
+    /// tokens per second of [`crate::adaptive`]); γ = 0 lets the target decode alone where
+    /// speculation cannot win.
+    pub adaptive: bool,
 }
 
 impl Default for SpeculationConfig {
@@ -101,6 +106,7 @@ impl Default for SpeculationConfig {
             gamma: 1,
             filter_action: FilterAction::Skip,
             bonus_token: false,
+            adaptive: false,
         }
     }
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::adaptive::AdaptiveGamma;
 use crate::config::{FilterAction, GenerationConfig, PipelineConfig, SpeculationConfig};
 use crate::logits::NextTokenLogits;
 use crate::sampling::{softmax_with_temperature, token_index_bits};
@@ -278,6 +279,10 @@ struct Run<'p, 'c> {
     committed_by_verification: u64,
     started: Instant,
     records: Vec<TokenRecord>,
+    /// With `speculation.adaptive`: the running estimates that choose each round's γ.
+    adaptive: Option<AdaptiveGamma>,
+    /// Committed tokens the draft model has not been fed (produced while speculation was off).
+    draft_behind: Vec<TokenId>,
 }
 
 /// A drafted token waiting in the current round.
@@ -314,6 +319,10 @@ impl<'p, 'c> Run<'p, 'c> {
         if let Some(l) = p.link.as_mut() {
             l.reset();
         }
+        let p_adaptive = p
+            .speculation
+            .adaptive
+            .then(|| AdaptiveGamma::new(p.speculation.gamma));
         Run {
             p,
             prompt: prompt.to_vec(),
@@ -334,6 +343,8 @@ impl<'p, 'c> Run<'p, 'c> {
             committed_by_verification: 0,
             started: Instant::now(),
             records: Vec::new(),
+            adaptive: p_adaptive,
+            draft_behind: Vec::new(),
         }
     }
 
@@ -466,27 +477,90 @@ impl<'p, 'c> Run<'p, 'c> {
 
     fn llm_only(&mut self) -> Result<()> {
         while !self.ended() {
-            let (context, context_bits) = self.take_unsent_context();
-            let req = VerifyRequest {
-                context,
-                drafts: Vec::new(),
-                bonus: true,
-            };
-            let (outcome, _) = self.round_trip(&req, context_bits)?;
-            match outcome.as_slice() {
-                [Verdict::Bonus(t)] => {
-                    let t = *t;
-                    self.unsent.push((t, false));
-                    self.commit(t, TokenKind::Target);
-                }
-                other => {
-                    return Err(HlmError::Verifier(format!(
-                        "expected one generated token, got {other:?}"
-                    )));
-                }
-            }
+            self.target_step()?;
         }
         Ok(())
+    }
+
+    /// One token from the target alone (no drafts, the bonus token of an empty round),
+    /// committed; returns it and the positions the target computed for it.
+    fn target_step(&mut self) -> Result<(TokenId, usize)> {
+        let (context, context_bits) = self.take_unsent_context();
+        let positions = context.len().max(1);
+        let req = VerifyRequest {
+            context,
+            drafts: Vec::new(),
+            bonus: true,
+        };
+        let (outcome, _) = match self.round_trip(&req, context_bits) {
+            Err(e @ HlmError::VerifierUnavailable(_)) => {
+                // Undelivered: it goes out with the next request that does reach the server.
+                let mut unsent: Vec<(TokenId, bool)> =
+                    req.context.into_iter().map(|t| (t, true)).collect();
+                unsent.append(&mut self.unsent);
+                self.unsent = unsent;
+                return Err(e);
+            }
+            other => other?,
+        };
+        match outcome.as_slice() {
+            [Verdict::Bonus(t)] => {
+                let t = *t;
+                self.unsent.push((t, false));
+                self.commit(t, TokenKind::Target);
+                Ok((t, positions))
+            }
+            other => Err(HlmError::Verifier(format!(
+                "expected one generated token, got {other:?}"
+            ))),
+        }
+    }
+
+    /// With adaptive γ, the γ of the round about to start: 0 means the target decoded the
+    /// next token alone (already committed) and no round starts; otherwise the draft model has
+    /// been fed what it missed and `logits` are its next-token logits.
+    fn start_round(&mut self, logits: &mut Logits, gamma: usize) -> Result<usize> {
+        let Some(adaptive) = self.adaptive.as_mut() else {
+            return Ok(gamma);
+        };
+        let next = adaptive.next_gamma();
+        if next == 0 {
+            let t0 = Instant::now();
+            let (t, positions) = match self.target_step() {
+                // The device goes on drafting alone, as any round would.
+                Err(HlmError::VerifierUnavailable(_)) => return self.start_drafting(logits, gamma),
+                other => other?,
+            };
+            let seconds = t0.elapsed().as_secs_f64();
+            self.stats.target_only_tokens += 1;
+            self.draft_behind.push(t);
+            if let Some(a) = self.adaptive.as_mut() {
+                a.record_verify(positions, seconds);
+            }
+            return Ok(0);
+        }
+        self.start_drafting(logits, next)
+    }
+
+    /// Feed the draft model what it missed while the target decoded alone; returns `gamma`.
+    fn start_drafting(&mut self, logits: &mut Logits, gamma: usize) -> Result<usize> {
+        if !self.draft_behind.is_empty() {
+            // Catch the draft model up on the target's tokens in one pass.
+            let behind = std::mem::take(&mut self.draft_behind);
+            let t0 = Instant::now();
+            let draft = self
+                .p
+                .draft
+                .as_mut()
+                .ok_or_else(|| HlmError::Model("no draft model".into()))?;
+            *logits = draft.forward(&behind, None)?.logits;
+            self.account(Work {
+                device_tokens: behind.len() as u64,
+                device_compute_s: t0.elapsed().as_secs_f64(),
+                ..Default::default()
+            })?;
+        }
+        Ok(gamma)
     }
 
     /// Drain the context the verifier has not seen; returns it and the uplink bits it costs
@@ -545,7 +619,14 @@ impl<'p, 'c> Run<'p, 'c> {
         let attention = self.p.upload.as_ref().and_then(|u| u.attention_layers());
         let mut round: Vec<Pending> = Vec::new();
         let mut uploaded_in_round = 0usize;
+        let mut round_gamma = gamma;
         while !self.ended() {
+            if round.is_empty() {
+                round_gamma = self.start_round(&mut logits, gamma)?;
+                if round_gamma == 0 {
+                    continue;
+                }
+            }
             let (d, step, t0) = self.draft_one(logits.as_ref(), attention.as_ref())?;
             let temperature = self.p.generation.temperature;
             let view = TokenView {
@@ -581,9 +662,13 @@ impl<'p, 'c> Run<'p, 'c> {
                 None
             };
             logits = step.logits;
+            let draft_s = t0.elapsed().as_secs_f64();
+            if let Some(a) = self.adaptive.as_mut() {
+                a.record_draft(draft_s);
+            }
             self.account(Work {
                 device_tokens: 1,
-                device_compute_s: t0.elapsed().as_secs_f64(),
+                device_compute_s: draft_s,
                 ..Default::default()
             })?;
             let is_eos = self.eos.contains(&d);
@@ -615,8 +700,8 @@ impl<'p, 'c> Run<'p, 'c> {
                     });
                     uploaded_in_round += 1;
                     match action {
-                        FilterAction::Skip => uploaded_in_round >= gamma,
-                        FilterAction::StopDrafting => decision.upload || round.len() >= gamma,
+                        FilterAction::Skip => uploaded_in_round >= round_gamma,
+                        FilterAction::StopDrafting => decision.upload || round.len() >= round_gamma,
                     }
                 }
             };
@@ -649,12 +734,26 @@ impl<'p, 'c> Run<'p, 'c> {
             bonus: self.p.speculation.bonus_token && room && !last_is_eos,
         };
         let base = self.prompt.len() + self.committed.len();
+        let positions = req.context.len() + req.drafts.len();
+        let t_verify = Instant::now();
         let (verdicts, target_probs) = match self.round_trip(&req, context_bits) {
             Err(HlmError::VerifierUnavailable(why)) => {
                 return self.keep_unverified(req.context, round, logits_after_round, &why);
             }
             other => other?,
         };
+        if let Some(a) = self.adaptive.as_mut() {
+            a.record_verify(positions, t_verify.elapsed().as_secs_f64());
+            let judged = verdicts
+                .iter()
+                .filter(|v| matches!(v, Verdict::Accepted | Verdict::Resampled(_)))
+                .count();
+            let accepted = verdicts
+                .iter()
+                .filter(|v| matches!(v, Verdict::Accepted))
+                .count();
+            a.record_round(judged, accepted);
+        }
         self.stats.draft_n += round.iter().filter(|p| p.payload.is_some()).count() as u64;
         self.stats.uploads += round.iter().filter(|p| p.payload.is_some()).count() as u64;
         let mut stood = 0usize;
@@ -723,9 +822,13 @@ impl<'p, 'c> Run<'p, 'c> {
             draft.truncate(base + stood)?;
         }
         let step = draft.forward(&[t], None)?;
+        let draft_s = t0.elapsed().as_secs_f64();
+        if let Some(a) = self.adaptive.as_mut() {
+            a.record_draft(draft_s);
+        }
         self.account(Work {
             device_tokens: 1,
-            device_compute_s: t0.elapsed().as_secs_f64(),
+            device_compute_s: draft_s,
             ..Default::default()
         })?;
         Ok(step.logits)

@@ -23,6 +23,7 @@
 //! without changing this one. [`Pipeline`] builds the components of a [`PipelineConfig`] and
 //! runs the decoding loop.
 
+pub mod adaptive;
 pub mod codec;
 pub mod config;
 pub mod energy;

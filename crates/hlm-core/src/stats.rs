@@ -93,6 +93,9 @@ pub struct RunStats {
     /// Verification rounds that failed because the verifier was unreachable.
     #[serde(default)]
     pub verifier_faults: u64,
+    /// Tokens the target decoded alone because adaptive γ switched speculation off.
+    #[serde(default)]
+    pub target_only_tokens: u64,
     /// Modelled energy by component (J).
     pub energy_j: Components,
     /// Modelled time by component (s).

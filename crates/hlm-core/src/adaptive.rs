@@ -1,0 +1,209 @@
+//! Choosing the draft length γ of each round from what speculation costs and gains here.
+//!
+//! With acceptance rate α, a round of γ drafts yields `E(γ) = (1 − α^(γ+1)) / (1 − α)` tokens
+//! (the accepted drafts, then a correction or bonus token; Leviathan et al. 2023, Thm 3.8),
+//! and costs `γ · t_draft + t_verify(γ + 1)`: γ draft steps and one target pass over γ + 1
+//! positions. `γ = 0` is the target decoding alone (one token per pass over one position).
+//! [`AdaptiveGamma`] measures `t_draft`, `t_verify(n)` for each `n` it sees and α, and picks
+//! the γ with the most tokens per second. The `+1` of the textbook formula assumes a pass over
+//! γ + 1 positions costs what one costs; on a CPU it does not, so `t_verify` is measured per
+//! position count (interpolated linearly between the counts seen, extrapolated from the
+//! nearest two). Where speculation cannot win, γ = 0 switches it off; a probe round of γ = 1
+//! every [`AdaptiveGamma::PROBE_EVERY`] target-only tokens keeps α and `t_draft` current.
+
+/// Running estimates of a run's costs and acceptance, and the γ they recommend.
+#[derive(Debug, Clone)]
+pub struct AdaptiveGamma {
+    max_gamma: usize,
+    /// Exponentially weighted accepted and judged drafts (prior: 1 of 2).
+    accepted: f64,
+    judged: f64,
+    /// Seconds per draft step (exponential average), once measured.
+    draft_s: Option<f64>,
+    /// Seconds per target pass over `n` positions (exponential average), index `n`.
+    verify_s: Vec<Option<f64>>,
+    /// Target-only tokens since speculation was last tried.
+    off_for: usize,
+}
+
+impl AdaptiveGamma {
+    /// Weight of the newest measurement in the running averages.
+    const RATE: f64 = 0.2;
+    /// How many past drafts the acceptance rate remembers, roughly.
+    const MEMORY: f64 = 64.0;
+    /// Target-only tokens between probe rounds while speculation is off.
+    pub const PROBE_EVERY: usize = 16;
+
+    /// γ at most `max_gamma` (≥ 1).
+    pub fn new(max_gamma: usize) -> Self {
+        AdaptiveGamma {
+            max_gamma: max_gamma.max(1),
+            accepted: 1.0,
+            judged: 2.0,
+            draft_s: None,
+            verify_s: vec![None; max_gamma.max(1) + 2],
+            off_for: 0,
+        }
+    }
+
+    /// The current acceptance estimate α.
+    pub fn acceptance(&self) -> f64 {
+        self.accepted / self.judged
+    }
+
+    /// One draft step took `seconds`.
+    pub fn record_draft(&mut self, seconds: f64) {
+        self.draft_s = Some(average(self.draft_s, seconds));
+    }
+
+    /// A target pass over `positions` positions took `seconds`.
+    pub fn record_verify(&mut self, positions: usize, seconds: f64) {
+        if let Some(slot) = self.verify_s.get_mut(positions) {
+            *slot = Some(average(*slot, seconds));
+        }
+    }
+
+    /// Of `judged` drafts of a round, `accepted` were accepted.
+    pub fn record_round(&mut self, judged: usize, accepted: usize) {
+        let keep = (1.0 - 1.0 / Self::MEMORY).powi(judged as i32);
+        self.accepted = self.accepted * keep + accepted as f64;
+        self.judged = self.judged * keep + judged as f64;
+    }
+
+    /// The γ of the next round (0: let the target decode this token alone).
+    pub fn next_gamma(&mut self) -> usize {
+        let best = self.best_gamma();
+        if best > 0 {
+            self.off_for = 0;
+            return best;
+        }
+        self.off_for += 1;
+        if self.off_for > Self::PROBE_EVERY {
+            self.off_for = 0;
+            return 1;
+        }
+        0
+    }
+
+    /// The γ with the highest expected tokens per second under the current estimates;
+    /// before anything is measured, the target alone (which measures `t_verify(1)`), then
+    /// the longest rounds (which measure the rest).
+    pub fn best_gamma(&self) -> usize {
+        let Some(one) = self.verify_s[1] else {
+            return 0;
+        };
+        let Some(draft) = self.draft_s else {
+            return self.max_gamma;
+        };
+        let alpha = self.acceptance().clamp(0.0, 0.999_999);
+        let mut best = (0, 1.0 / one.max(f64::MIN_POSITIVE));
+        for gamma in 1..=self.max_gamma {
+            let tokens = (1.0 - alpha.powi(gamma as i32 + 1)) / (1.0 - alpha);
+            let cost = gamma as f64 * draft + self.verify_cost(gamma + 1);
+            let speed = tokens / cost.max(f64::MIN_POSITIVE);
+            if speed > best.1 {
+                best = (gamma, speed);
+            }
+        }
+        best.0
+    }
+
+    /// `t_verify(n)`: measured, else interpolated between the nearest measured counts, else
+    /// extrapolated from the nearest two (never below the cost of one position).
+    fn verify_cost(&self, n: usize) -> f64 {
+        if let Some(t) = self.verify_s[n] {
+            return t;
+        }
+        let seen: Vec<(f64, f64)> = self
+            .verify_s
+            .iter()
+            .enumerate()
+            .filter_map(|(k, t)| t.map(|t| (k as f64, t)))
+            .collect();
+        let x = n as f64;
+        let below = seen.iter().rev().find(|(k, _)| *k < x);
+        let above = seen.iter().find(|(k, _)| *k > x);
+        let line =
+            |(x0, y0): (f64, f64), (x1, y1): (f64, f64)| y0 + (y1 - y0) * (x - x0) / (x1 - x0);
+        let t = match (below, above) {
+            (Some(&a), Some(&b)) => line(a, b),
+            (Some(_), None) if seen.len() >= 2 => line(seen[seen.len() - 2], seen[seen.len() - 1]),
+            (None, Some(_)) if seen.len() >= 2 => line(seen[0], seen[1]),
+            (Some(&(_, t)), None) | (None, Some(&(_, t))) => t,
+            (None, None) => 0.0,
+        };
+        let floor = self.verify_s[1].unwrap_or(0.0);
+        t.max(floor)
+    }
+}
+
+fn average(old: Option<f64>, new: f64) -> f64 {
+    match old {
+        None => new,
+        Some(old) => old + AdaptiveGamma::RATE * (new - old),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(draft: f64, verify: impl Fn(usize) -> f64, alpha: f64) -> AdaptiveGamma {
+        let mut g = AdaptiveGamma::new(6);
+        for n in 1..=7 {
+            g.record_verify(n, verify(n));
+        }
+        g.record_draft(draft);
+        // Long run at the given acceptance rate.
+        for _ in 0..50 {
+            g.record_round(100, (100.0 * alpha) as usize);
+        }
+        g
+    }
+
+    #[test]
+    fn starts_with_the_target_alone_then_the_longest_rounds() {
+        let mut g = AdaptiveGamma::new(4);
+        assert_eq!(g.next_gamma(), 0);
+        g.record_verify(1, 0.05);
+        assert_eq!(g.best_gamma(), 4);
+    }
+
+    #[test]
+    fn cheap_drafts_that_are_accepted_make_long_rounds() {
+        // A draft step costs 5 % of a target pass, which costs the same for any count.
+        let g = measured(0.005, |_| 0.1, 0.8);
+        assert_eq!(g.best_gamma(), 6);
+    }
+
+    #[test]
+    fn the_textbook_optimum_when_passes_are_memory_bound() {
+        // c = 0.25, α = 0.6: E/(γ c + 1) is 1.28, 1.31, 1.28, ... for γ = 1, 2, 3.
+        let g = measured(0.25, |_| 1.0, 0.6);
+        assert_eq!(g.best_gamma(), 2);
+    }
+
+    #[test]
+    fn speculation_switches_off_where_it_cannot_win() {
+        // Drafts at 40 % of a target pass, accepted half the time: α < c means no γ helps.
+        let mut g = measured(0.4, |n| 1.0 + 0.1 * (n as f64 - 1.0), 0.3);
+        assert_eq!(g.best_gamma(), 0);
+        let rounds: Vec<usize> = (0..=AdaptiveGamma::PROBE_EVERY)
+            .map(|_| g.next_gamma())
+            .collect();
+        assert!(rounds[..AdaptiveGamma::PROBE_EVERY].iter().all(|&r| r == 0));
+        assert_eq!(rounds[AdaptiveGamma::PROBE_EVERY], 1, "a probe round");
+    }
+
+    #[test]
+    fn costs_between_measured_counts_are_interpolated() {
+        let mut g = AdaptiveGamma::new(8);
+        g.record_verify(1, 1.0);
+        g.record_verify(5, 2.0);
+        assert!((g.verify_cost(3) - 1.5).abs() < 1e-12);
+        // Beyond the last count: the line through the last two.
+        assert!((g.verify_cost(9) - 3.0).abs() < 1e-12);
+        g.record_round(10, 10);
+        assert!(g.acceptance() > 0.8);
+    }
+}
