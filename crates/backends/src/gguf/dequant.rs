@@ -301,7 +301,7 @@ fn q5_1(b: &[u8; 24], y: &mut [f32; 32]) {
 
 /// The 8 six-bit scales and mins of a Q4_K/Q5_K super-block (ggml `get_scale_min_k4`).
 #[inline(always)]
-fn k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];
     for j in 0..4 {

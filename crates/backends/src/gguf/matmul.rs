@@ -1,27 +1,28 @@
-//! Matrix products straight from ggml blocks, on the CPU.
+//! Matrix products straight from ggml blocks, on the CPU, at two precisions.
 //!
 //! A [`QuantMatrix`] is a stack of row ranges, each a run of ggml rows of one type (a fused
-//! Q/K/V projection may mix Q5_0 and Q8_0), borrowed from the GGUF mapping. Its product
-//! with activations dequantises one weight row at a time, bit-exactly as
-//! [`super::dequantize`] would, and takes that row's dot products with the activation rows
-//! before moving on (see the last paragraph for how). So the weights stay in memory in their file
-//! form (a 1.5B model at Q4_K_M costs ~1 GB, not 7 GB of `f32`), and a decode step reads
-//! 4–8 bits per weight instead of 32: decoding is bound by memory traffic.
+//! Q/K/V projection may mix Q5_0 and Q8_0), borrowed from the GGUF mapping. So the weights
+//! stay in memory in their file form (a 1.5B model at Q4_K_M costs ~1 GB, not 7 GB of `f32`),
+//! and a decode step reads 4–8 bits per weight instead of 32.
 //!
-//! Rows are spread over rayon's pool in tasks of [`ROWS_PER_TASK`]. On x86-64 the same loops
-//! are also compiled for AVX2+FMA and for AVX-512 and the widest the CPU has is chosen at
-//! run time, so one binary is portable and still uses 8- or 16-wide fused multiply-adds
-//! (AVX-512 decodes the Qwen pair 12-21 % faster than AVX2 on the development VM). With up
-//! to eight activation rows (a decode step, a verification pass over γ + 1 positions) each
-//! block is dequantised into registers and used for every row at once; with more (prefill),
-//! each weight row is dequantised once into the scratch row and reused.
+//! - `exact` ([`QuantMatrix::matmul_t`]): one weight row at a time is dequantised, bit-exactly
+//!   as [`super::dequantize`] would, and dotted with the `f32` activation rows (up to eight
+//!   rows straight from registers, more through a scratch row; both sum in the same order).
+//!   Compiled for AVX-512, AVX2+FMA and baseline, chosen at run time.
+//! - `fast` ([`QuantMatrix::matmul_t_int8`]): the rows repacked once in panels of 16 and
+//!   multiplied in integers with 8-bit activations ([`super::int8`]).
+//!
+//! Rows are spread over rayon's pool in tasks of [`ROWS_PER_TASK`]; each task writes its
+//! rows' columns of the result directly.
+
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
 use super::dequant::{MAX_FUSED_ROWS, dequantize_row, dot_rows, validate};
 use super::error::DequantError;
 use super::int8::{
-    self, ActivationBlocks, ActivationPairs, ActivationRow, Isa, PairRow, SMALL_BLOCK, SUPER_BLOCK,
+    self, ActivationBlocks, ActivationRow, Isa, PANEL, Panels, SMALL_BLOCK, SUPER_BLOCK,
     activation_block,
 };
 use super::reader::SharedBytes;
@@ -47,6 +48,9 @@ pub struct QuantMatrix {
     cols: usize,
     rows: usize,
     ranges: Vec<RowRange>,
+    /// The ranges repacked for the integer kernels (`None` for a type without them), made by
+    /// [`QuantMatrix::prepare_int8`] or the first integer product, shared by clones.
+    panels: Arc<OnceLock<Vec<Option<Panels>>>>,
 }
 
 impl QuantMatrix {
@@ -56,6 +60,7 @@ impl QuantMatrix {
             cols,
             rows: 0,
             ranges: Vec::new(),
+            panels: Arc::new(OnceLock::new()),
         }
     }
 
@@ -117,25 +122,62 @@ impl QuantMatrix {
         if n == 0 || x.len() != n * self.cols {
             return None;
         }
-        Some(self.by_row_tasks(n, |range, bytes, scratch, out| {
+        Some(self.by_row_tasks(n, |task, scratch, out| {
+            let range = &self.ranges[task.range];
+            let out = &mut out[..task.rows * n];
             let job = RowJob {
                 ty: range.ty,
-                bytes,
+                bytes: task.bytes(range),
                 row_bytes: range.row_bytes,
                 x,
             };
             rows_times(job, scratch, out);
+            TaskLayout::RowMajor
         }))
     }
 
+    /// Repack the rows for the integer kernels ([`Panels`]) now, on every core, and drop the
+    /// file pages they were read from out of resident memory (the file form stays mapped for
+    /// [`QuantMatrix::row_into`] and the exact products; its pages come back when read). A
+    /// model calls it at load for the `fast` precision; otherwise the first integer product
+    /// does it. Takes about the matrix's bytes once more while it runs, then its bytes again
+    /// in total.
+    pub fn prepare_int8(&self) {
+        self.panels();
+    }
+
+    fn panels(&self) -> &[Option<Panels>] {
+        self.panels.get_or_init(|| {
+            self.ranges
+                .iter()
+                .map(|r| {
+                    let p = Panels::new(r.ty, &r.bytes, r.rows, self.cols);
+                    if p.is_some() {
+                        r.bytes.release_resident();
+                    }
+                    p
+                })
+                .collect()
+        })
+    }
+
+    /// Bytes the integer kernels' repacked weights take (0 before they are made).
+    pub fn int8_bytes(&self) -> usize {
+        self.panels
+            .get()
+            .map_or(0, |p| p.iter().flatten().map(Panels::n_bytes).sum())
+    }
+
     /// `x @ selfᵀ` as [`QuantMatrix::matmul_t`], the `fast` precision: each row of `x` is
-    /// quantised once to 8-bit blocks and multiplied in integers ([`super::int8`]). Rows of a
-    /// type without an integer kernel (F32, F16, BF16) are multiplied exactly.
+    /// quantised once to 8-bit blocks and multiplied in integers with the weights repacked in
+    /// panels of 16 rows ([`super::int8`]). Rows of a type without an integer kernel (F32,
+    /// F16, BF16) are multiplied exactly.
     pub fn matmul_t_int8(&self, x: &[f32], n: usize) -> Option<Vec<f32>> {
         if n == 0 || x.len() != n * self.cols {
             return None;
         }
         let isa = Isa::detect();
+        let panels = self.panels();
         // One quantisation of the activations per block size the ranges need.
         let needs = |block| {
             self.ranges
@@ -150,97 +192,93 @@ impl QuantMatrix {
                 .map_or_else(Vec::new, |a| (0..n).map(|t| a.row(t)).collect())
         }
         let (small_rows, large_rows) = (rows_of(&small, n), rows_of(&large, n));
-        // The 512-bit kernels take several rows in pairs.
-        let paired = |a: &Option<ActivationBlocks>| {
-            a.as_ref()
-                .filter(|_| isa == Isa::Avx512Vnni && n > 1)
-                .map(ActivationPairs::new)
-        };
-        let (small_pairs, large_pairs) = (paired(&small), paired(&large));
-        fn pairs_of<'a>(
-            pairs: &'a Option<ActivationPairs>,
-            a: &'a Option<ActivationBlocks>,
-        ) -> Vec<PairRow<'a>> {
-            match (pairs, a) {
-                (Some(pairs), Some(a)) => (0..pairs.len()).map(|p| pairs.pair(p, a)).collect(),
-                _ => Vec::new(),
-            }
-        }
-        let (small_pair_rows, large_pair_rows) = (
-            pairs_of(&small_pairs, &small),
-            pairs_of(&large_pairs, &large),
-        );
-        Some(self.by_row_tasks(n, |range, bytes, scratch, out| {
-            let (acts, pairs) = match activation_block(range.ty) {
-                Some(SMALL_BLOCK) => (&small_rows, &small_pair_rows),
-                Some(_) => (&large_rows, &large_pair_rows),
-                None => {
-                    let job = RowJob {
-                        ty: range.ty,
-                        bytes,
-                        row_bytes: range.row_bytes,
-                        x,
-                    };
-                    rows_times(job, scratch, out);
-                    return;
-                }
+        Some(self.by_row_tasks(n, |task, scratch, out| {
+            let range = &self.ranges[task.range];
+            let Some(p) = &panels[task.range] else {
+                let job = RowJob {
+                    ty: range.ty,
+                    bytes: task.bytes(range),
+                    row_bytes: range.row_bytes,
+                    x,
+                };
+                rows_times(job, scratch, &mut out[..task.rows * n]);
+                return TaskLayout::RowMajor;
             };
-            int8::rows_dot_paired(isa, range.ty, bytes, range.row_bytes, acts, pairs, out);
+            let acts = match activation_block(range.ty) {
+                Some(SMALL_BLOCK) => &small_rows,
+                _ => &large_rows,
+            };
+            // Panels of this task; `out` is [panel][n][16 lanes] (the lanes of a last,
+            // padded panel past the range's end are dropped when written).
+            let first = task.first / PANEL;
+            let count = task.rows.div_ceil(PANEL);
+            for (i, y) in out.chunks_exact_mut(PANEL * n).take(count).enumerate() {
+                int8::panel_dot(isa, range.ty, p.panel(first + i), acts, y);
+            }
+            TaskLayout::Panels
         }))
     }
 
-    /// Run `task(range, rows' bytes, scratch row, out)` over the rows in tasks of
-    /// [`ROWS_PER_TASK`] on rayon's pool, `out` being the task's rows of the result as
-    /// `[rows, n]`; returns the result as `[n, rows]`.
+    /// Run `task(task, scratch row, out)` over the rows in tasks of [`ROWS_PER_TASK`] on
+    /// rayon's pool; `out` has room for the task's rows of the result, laid out as the task
+    /// says it wrote them ([`TaskLayout`]). Returns the result as `[n, rows]`.
     fn by_row_tasks<F>(&self, n: usize, task: F) -> Vec<f32>
     where
-        F: Fn(&RowRange, &[u8], &mut [f32], &mut [f32]) + Sync,
+        F: Fn(&Task, &mut [f32], &mut [f32]) -> TaskLayout + Sync,
     {
-        // (range, first row in the range, first row in the matrix, rows)
-        let mut tasks: Vec<(&RowRange, usize, usize, usize)> = Vec::new();
+        let mut tasks: Vec<Task> = Vec::new();
         let mut matrix_row = 0;
-        for range in &self.ranges {
+        for (i, range) in self.ranges.iter().enumerate() {
             for first in (0..range.rows).step_by(ROWS_PER_TASK) {
-                let count = ROWS_PER_TASK.min(range.rows - first);
-                tasks.push((range, first, matrix_row + first, count));
+                tasks.push(Task {
+                    range: i,
+                    first,
+                    rows: ROWS_PER_TASK.min(range.rows - first),
+                    matrix_row: matrix_row + first,
+                });
             }
             matrix_row += range.rows;
         }
-        fn bytes_of(range: &RowRange, first: usize, count: usize) -> &[u8] {
-            let start = first * range.row_bytes;
-            &range.bytes[start..start + count * range.row_bytes]
-        }
         let cols = self.cols;
+        // Room for whole panels: a task's last panel may extend past its rows.
+        let room = ROWS_PER_TASK.next_multiple_of(PANEL) * n;
         let mut y = vec![0.0f32; self.rows * n];
-        if n == 1 {
-            // [rows, 1] is [1, rows]: every task owns a contiguous slice of the result.
-            let mut slices: Vec<(&RowRange, usize, &mut [f32])> = Vec::with_capacity(tasks.len());
-            let mut rest: &mut [f32] = &mut y;
-            for &(range, first, _, count) in &tasks {
-                let (out, tail) = rest.split_at_mut(count);
-                slices.push((range, first, out));
-                rest = tail;
-            }
-            slices.into_par_iter().for_each_init(
-                || vec![0.0f32; cols],
-                |scratch, (range, first, out)| {
-                    task(range, bytes_of(range, first, out.len()), scratch, out);
-                },
-            );
-            return y;
-        }
         let columns = ColumnWriter::new(&mut y, self.rows, n);
         tasks.into_par_iter().for_each_init(
-            || (vec![0.0f32; cols], Vec::new()),
-            |(scratch, local), (range, first, matrix_row, count)| {
-                local.clear();
-                local.resize(count * n, 0.0);
-                task(range, bytes_of(range, first, count), scratch, local);
-                columns.write(matrix_row, local);
+            || (vec![0.0f32; cols], vec![0.0f32; room]),
+            |(scratch, local), t| {
+                let layout = task(&t, scratch, local);
+                columns.write(t.matrix_row, t.rows, layout, local);
             },
         );
         y
     }
+}
+
+/// One task of a product: rows `first..first + rows` of range `range`, which are rows
+/// `matrix_row..` of the matrix.
+struct Task {
+    range: usize,
+    first: usize,
+    rows: usize,
+    matrix_row: usize,
+}
+
+impl Task {
+    /// The task's rows in the file form.
+    fn bytes<'a>(&self, range: &'a RowRange) -> &'a [u8] {
+        let start = self.first * range.row_bytes;
+        &range.bytes[start..start + self.rows * range.row_bytes]
+    }
+}
+
+/// How a task laid its results out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TaskLayout {
+    /// `[rows, n]`: each weight row's results for the `n` activation rows.
+    RowMajor,
+    /// `[panels, n, 16]`: per panel of 16 weight rows, each activation row's 16 results.
+    Panels,
 }
 
 /// Writes the columns `row..row + count` of an `[n, rows]` result from several tasks at once.
@@ -266,18 +304,22 @@ impl<'a> ColumnWriter<'a> {
         }
     }
 
-    /// Write `local` (`[count, n]`: weight rows `row..row + count`, each with its `n`
-    /// activation rows) into columns `row..row + count` of the result.
-    fn write(&self, row: usize, local: &[f32]) {
-        let count = local.len() / self.n;
+    /// Write a task's results for weight rows `row..row + count` (laid out in `local` as
+    /// `layout` says) into columns `row..row + count` of the result.
+    fn write(&self, row: usize, count: usize, layout: TaskLayout, local: &[f32]) {
         assert!(
             row + count <= self.rows,
             "columns {row}..{} of {}",
             row + count,
             self.rows
         );
-        for (i, ys) in local.chunks_exact(self.n).enumerate() {
-            for (t, &v) in ys.iter().enumerate() {
+        let n = self.n;
+        for i in 0..count {
+            for t in 0..n {
+                let v = match layout {
+                    TaskLayout::RowMajor => local[i * n + t],
+                    TaskLayout::Panels => local[(i / PANEL) * PANEL * n + t * PANEL + i % PANEL],
+                };
                 // SAFETY: t < n and row + i < rows, so the index is inside the `[n, rows]`
                 // buffer this writer borrows mutably; tasks write disjoint row ranges, so no
                 // two threads write one element.

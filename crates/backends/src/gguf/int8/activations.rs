@@ -109,102 +109,6 @@ impl ActivationBlocks {
     }
 }
 
-/// [`ActivationBlocks`] rearranged in pairs of rows for 512-bit kernels: one 64-byte load
-/// holds the same 32 values of two rows, so one instruction multiplies a weight chunk with
-/// both. The pairs are rows (0, 1), (2, 3), ...; an odd last row is paired with itself.
-#[derive(Debug, Clone, Default)]
-pub struct ActivationPairs {
-    cols: usize,
-    block: usize,
-    /// `[pairs, 2 * cols]`: for every 32-value chunk `c`, chunk `c` of the pair's first row,
-    /// then chunk `c` of its second.
-    qs: Vec<i8>,
-    /// 32-value blocks only, `[pairs, cols / 32, 16]`: the first row's block scale 8 times,
-    /// then the second's: a block's 16 lanes of products get their rows' scales in one load.
-    scales: Vec<f32>,
-    /// 32-value blocks only, `[pairs, cols / 32, 16]`: the first row's scaled block sum, 7
-    /// zeros, the second's, 7 zeros (the offset terms in lanes 0 and 8).
-    sums: Vec<f32>,
-    /// The activation rows of each pair.
-    rows: Vec<[usize; 2]>,
-}
-
-/// One pair of [`ActivationPairs`], with both rows as they are.
-#[derive(Debug, Clone, Copy)]
-pub struct PairRow<'a> {
-    pub qs: &'a [i8],
-    pub scales: &'a [f32],
-    pub sums: &'a [f32],
-    pub first: ActivationRow<'a>,
-    pub second: ActivationRow<'a>,
-}
-
-impl ActivationPairs {
-    /// Pair the rows of `a`.
-    pub fn new(a: &ActivationBlocks) -> Self {
-        let (n, cols, block) = (a.rows(), a.cols, a.block);
-        let rows: Vec<[usize; 2]> = (0..n.div_ceil(2))
-            .map(|p| [2 * p, (2 * p + 1).min(n.saturating_sub(1))])
-            .collect();
-        let chunks = cols / 32;
-        let mut qs = vec![0i8; rows.len() * 2 * cols];
-        let small = block == SMALL_BLOCK;
-        let lanes = if small { rows.len() * chunks * 16 } else { 0 };
-        let (mut scales, mut sums) = (vec![0.0f32; lanes], vec![0.0f32; lanes]);
-        for (p, pair) in rows.iter().enumerate() {
-            let (x, y) = (a.row(pair[0]), a.row(pair[1]));
-            let out = &mut qs[p * 2 * cols..(p + 1) * 2 * cols];
-            for (c, both) in out.chunks_exact_mut(64).enumerate() {
-                both[..32].copy_from_slice(&x.qs[32 * c..32 * c + 32]);
-                both[32..].copy_from_slice(&y.qs[32 * c..32 * c + 32]);
-            }
-            if small {
-                for c in 0..chunks {
-                    let at = (p * chunks + c) * 16;
-                    scales[at..at + 8].fill(x.scales[c]);
-                    scales[at + 8..at + 16].fill(y.scales[c]);
-                    sums[at] = x.scaled_sums32[c];
-                    sums[at + 8] = y.scaled_sums32[c];
-                }
-            }
-        }
-        ActivationPairs {
-            cols,
-            block,
-            qs,
-            scales,
-            sums,
-            rows,
-        }
-    }
-
-    /// Pairs held.
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// Pair `p`, whose rows are those of `a` (the blocks it was made from).
-    pub fn pair<'a>(&'a self, p: usize, a: &'a ActivationBlocks) -> PairRow<'a> {
-        let c = self.cols;
-        let lanes = if self.block == SMALL_BLOCK {
-            c / 32 * 16
-        } else {
-            0
-        };
-        PairRow {
-            qs: &self.qs[p * 2 * c..(p + 1) * 2 * c],
-            scales: &self.scales[p * lanes..(p + 1) * lanes],
-            sums: &self.sums[p * lanes..(p + 1) * lanes],
-            first: a.row(self.rows[p][0]),
-            second: a.row(self.rows[p][1]),
-        }
-    }
-}
-
 /// Below this many values the rows are quantised on the calling thread.
 const PARALLEL_MIN_VALUES: usize = 1 << 15;
 
@@ -314,29 +218,6 @@ mod tests {
             assert_eq!(round_ties_even(x), want, "{x}");
             assert_eq!(round_ties_even(x), f32::round_ties_even(x), "{x}");
         }
-    }
-
-    #[test]
-    fn pairs_interleave_chunks_of_two_rows() {
-        let cols = 64;
-        let x: Vec<f32> = (0..3 * cols).map(|i| (i % 97) as f32 - 48.0).collect();
-        let a = ActivationBlocks::quantize(&x, cols, SMALL_BLOCK);
-        let pairs = ActivationPairs::new(&a);
-        assert_eq!(pairs.len(), 2);
-        let p0 = pairs.pair(0, &a);
-        assert_eq!(&p0.qs[..32], &a.row(0).qs[..32]);
-        assert_eq!(&p0.qs[32..64], &a.row(1).qs[..32]);
-        assert_eq!(&p0.qs[64..96], &a.row(0).qs[32..]);
-        assert_eq!(p0.scales[..8], [a.row(0).scales[0]; 8]);
-        assert_eq!(p0.scales[8..16], [a.row(1).scales[0]; 8]);
-        assert_eq!(
-            (p0.sums[0], p0.sums[8]),
-            (a.row(0).scaled_sums32[0], a.row(1).scaled_sums32[0])
-        );
-        // The odd last row is paired with itself.
-        let p1 = pairs.pair(1, &a);
-        assert_eq!(&p1.qs[..32], &p1.qs[32..64]);
-        assert_eq!(p1.second.qs, a.row(2).qs);
     }
 
     #[test]

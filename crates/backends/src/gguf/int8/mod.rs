@@ -4,32 +4,33 @@
 //!
 //! Once per matrix product, each activation row is quantised to 8-bit blocks
 //! ([`ActivationBlocks`]: 32 values a scale for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights, 256 for
-//! Q4_K/Q5_K/Q6_K, as ggml's `Q8_0`/`Q8_K`). A weight block is then multiplied with it in
-//! integers (`u8 × i8` pairs summed exactly) and scaled once per block, so a decode step
-//! touches each weight byte once with a few integer instructions instead of dequantising it
-//! to `f32`: the products stay memory-bound where the `f32` route was compute-bound.
+//! Q4_K/Q5_K/Q6_K, as ggml's `Q8_0`/`Q8_K`). The weights are repacked once, at load, in
+//! panels of 16 rows ([`Panels`]) whose values are interleaved so that 4 broadcast
+//! activation bytes multiply 4 values of all 16 rows in one instruction; the lanes of the
+//! result are the rows. Integer sums are exact, and each block is scaled once per row.
 //!
 //! The kernels, chosen once per process by [`Isa::detect`]:
-//! - AVX-512 VNNI (`dpbusd`/`dpwssd` on 256-bit registers, tiles of up to 8 activation rows),
-//! - AVX2 + FMA + F16C (`maddubs`/`madd`, tiles of up to 4),
-//! - portable Rust (every other CPU; fixed-size integer loops the compiler vectorises).
+//! - AVX-512 VNNI: one 512-bit `vpdpbusd` per 4 values of 16 rows;
+//! - AVX2 + FMA + F16C: the same in two 256-bit halves (`vpmaddubsw` + `vpmaddwd`);
+//! - portable Rust (every other CPU).
 //!
-//! All three compute the same exact integer sums; AVX2 and AVX-512 give bit-identical results,
-//! and a row's result never depends on how many rows share the product. The price of speed
-//! is the rounding of activations to 8 bits (relative error ≤ 1/254 of a block's largest
-//! value), which llama.cpp pays too; the `exact` precision ([`super::QuantMatrix::matmul_t`])
-//! keeps `f32` activations.
+//! A tile of up to 8 activation rows (a verification pass, a prefill) shares each block's
+//! unpacked weights, which stay in registers. All three kernels perform the same arithmetic
+//! in the same order and give the same bits, and a row's result does not depend on how many
+//! activation rows share the call: verifying drafts gives the logits of decoding them one by
+//! one. The price of speed is the rounding of activations to 8 bits (relative error ≤ 1/254
+//! of a block's largest value), which llama.cpp pays too; the `exact` precision
+//! ([`super::QuantMatrix::matmul_t`]) keeps `f32` activations.
 
 mod activations;
-mod portable;
+mod panels;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use std::sync::OnceLock;
 
-pub use activations::{
-    ActivationBlocks, ActivationPairs, ActivationRow, PairRow, SMALL_BLOCK, SUPER_BLOCK,
-};
+pub use activations::{ActivationBlocks, ActivationRow, SMALL_BLOCK, SUPER_BLOCK};
+pub use panels::{PANEL, Panels};
 
 use super::types::GgmlType;
 
@@ -37,7 +38,7 @@ use super::types::GgmlType;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
     /// AVX-512 F/BW/DQ/VL and VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later), with AVX2,
-    /// FMA, F16C: 256-bit kernels for one activation row, 512-bit ones for pairs of rows.
+    /// FMA and F16C.
     Avx512Vnni,
     /// AVX2, FMA and F16C (Haswell, Zen 1 and later).
     Avx2,
@@ -125,74 +126,42 @@ pub fn activation_block(ty: GgmlType) -> Option<usize> {
     }
 }
 
-/// `out[row * n + t] = dequantised(row) · acts[t]` for every weight row of `bytes` (rows of
-/// type `ty`, `row_bytes` each, whole blocks) and every activation row `t` of `acts`
-/// (`n = acts.len()`), with `isa` (one of [`Isa::available`]). Each activation row holds as many
-/// values as a weight row, quantised in blocks of [`activation_block`]`(ty)`. One call covers
-/// a whole task's rows. `false` (and `out` untouched) for a type without a kernel.
-#[cfg(test)]
-pub(crate) fn rows_dot(
+/// `out[t * PANEL + r]` = row `r` of `panel` (one panel of `ty`, [`Panels`]) times activation
+/// row `t` of `acts` (quantised in blocks of [`activation_block`]`(ty)`, as long as the
+/// panel's rows), with `isa` (one of [`Isa::available`]). Every instruction set gives the
+/// same bits.
+pub(crate) fn panel_dot(
     isa: Isa,
     ty: GgmlType,
-    bytes: &[u8],
-    row_bytes: usize,
+    panel: &[u8],
     acts: &[ActivationRow],
     out: &mut [f32],
-) -> bool {
-    rows_dot_paired(isa, ty, bytes, row_bytes, acts, &[], out)
-}
-
-/// [`rows_dot`], given the activation rows also in pairs ([`ActivationPairs`] of the same
-/// rows, or none): with [`Isa::Avx512Vnni`] and two or more rows the 512-bit pair kernels run
-/// (the same results, bit for bit, in fewer instructions).
-pub(crate) fn rows_dot_paired(
-    isa: Isa,
-    ty: GgmlType,
-    bytes: &[u8],
-    row_bytes: usize,
-    acts: &[ActivationRow],
-    pairs: &[PairRow],
-    out: &mut [f32],
-) -> bool {
-    let n = acts.len();
-    if n == 0 || row_bytes == 0 {
-        return activation_block(ty).is_some();
-    }
-    let rows = bytes.len() / row_bytes;
+) {
+    let Some(layout) = panels::layout(ty) else {
+        return;
+    };
+    let values = panel.len() / layout.bytes * layout.values;
     assert!(
-        bytes.len() == rows * row_bytes && out.len() == rows * n,
-        "{} bytes are not whole rows of {row_bytes}, or {} outputs are not {rows} x {n}",
-        bytes.len(),
-        out.len()
-    );
-    let values = ty.block_size() * row_bytes / ty.type_size();
-    assert!(
-        acts.iter().all(|a| a.qs.len() == values),
-        "activation rows must hold {values} values"
-    );
-    assert!(
-        pairs.is_empty()
-            || (pairs.len() == n.div_ceil(2) && pairs.iter().all(|p| p.qs.len() == 2 * values)),
-        "{} pairs of {n} rows of {values} values",
-        pairs.len()
+        panel.len().is_multiple_of(layout.bytes)
+            && out.len() == PANEL * acts.len()
+            && acts.iter().all(|a| a.qs.len() == values),
+        "a panel of {} bytes of {ty} against {} activation rows",
+        panel.len(),
+        acts.len()
     );
     match isa {
         // SAFETY: `Isa::available` only lists instruction sets the CPU has; the slices are as
         // the kernels require (checked above).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if n > 1 && !pairs.is_empty() => unsafe {
-            x86::rows_pairs(ty, bytes, row_bytes, pairs, n, out)
+        Isa::Avx512Vnni => unsafe {
+            x86::panel_avx512(ty, panel, acts, out);
         },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { x86::rows_vnni(ty, bytes, row_bytes, acts, out) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::rows_avx2(ty, bytes, row_bytes, acts, out) },
-        _ => bytes
-            .chunks_exact(row_bytes)
-            .zip(out.chunks_exact_mut(n))
-            .all(|(w, y)| portable::dot_rows(ty, w, acts, y)),
+        Isa::Avx2 => unsafe {
+            x86::panel_avx2(ty, panel, acts, out);
+        },
+        _ => panels::panel_dot(ty, panel, acts, out),
     }
 }
 

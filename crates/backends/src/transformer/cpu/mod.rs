@@ -163,7 +163,7 @@ impl CpuNetwork {
             weights: head_weights,
             bias: None,
         };
-        Ok(CpuNetwork {
+        let network = CpuNetwork {
             cfg: cfg.clone(),
             precision,
             embedding,
@@ -171,7 +171,22 @@ impl CpuNetwork {
             final_norm: store.load(TensorName::FinalNorm, &[hidden])?,
             lm_head,
             rope: Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_layout),
-        })
+        };
+        if precision == Precision::Fast {
+            // Repacked for the integer kernels now rather than in the first forward pass.
+            for linear in network.linears() {
+                linear.weights.prepare_int8();
+            }
+        }
+        Ok(network)
+    }
+
+    /// Every linear layer, the head last.
+    fn linears(&self) -> impl Iterator<Item = &CpuLinear> {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
+            .chain([&self.lm_head])
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -187,13 +202,14 @@ impl CpuNetwork {
         HostKvCache::new(self.cfg.n_layers, self.cfg.n_kv_heads, self.cfg.head_dim)
     }
 
-    /// Bytes the linear layers' weights and the LM head take.
+    /// Bytes the linear layers' weights and the LM head take, as the products read them (the
+    /// repacked panels at `fast` precision, the file form at `exact`).
     pub fn linear_weight_bytes(&self) -> usize {
-        self.blocks
-            .iter()
-            .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
-            .chain([&self.lm_head])
-            .map(|l| l.weights.n_bytes())
+        self.linears()
+            .map(|l| match self.precision {
+                Precision::Fast => l.weights.int8_bytes().max(l.weights.n_bytes()),
+                Precision::Exact => l.weights.n_bytes(),
+            })
             .sum()
     }
 

@@ -1,0 +1,588 @@
+//! The panel kernels ([`super::panels`]) on x86-64: AVX-512 VNNI with one 512-bit
+//! vector per k-group (16 rows, `vpdpbusd` with 4 broadcast activation bytes), and AVX2 with
+//! two 256-bit halves (`vpmaddubsw` + `vpmaddwd`). Both compute exactly the arithmetic the
+//! panels module documents, in its order (integer dots are exact, every float step is one
+//! rounding), so they equal the portable kernel bit for bit.
+//!
+//! A tile of up to [`TILE`] activation rows shares each block's unpacked weights, which stay
+//! in registers; the accumulators are one vector (or two halves) per activation row.
+//!
+//! Safety contract of every `unsafe fn` here: the CPU has the entry point's features, `panel`
+//! is whole panel blocks of the kernel's format, every activation row holds `blocks × block
+//! values` values quantised for the format, and `out` holds `16 × acts.len()` values.
+#![allow(unsafe_op_in_unsafe_fn)]
+// The kernels step several fixed-size arrays of registers by row index in lock-step.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::activations::ActivationRow;
+use super::panels::{PANEL, offset};
+use crate::gguf::types::GgmlType;
+
+/// Most activation rows that share one unpacking of a block.
+pub(crate) const TILE: usize = 8;
+
+/// The formats' shapes: scale fields and value bytes per 32 values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Q4_0, Q5_0, Q8_0: `d · (q - offset)`.
+    Offset,
+    /// Q4_1, Q5_1: `d · q + m`.
+    Min,
+    /// Q4_K, Q5_K.
+    K45,
+    /// Q6_K.
+    K6,
+}
+
+/// How a format's 32 values are stored (see the panels module).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Values {
+    Four,
+    FourPlusBit,
+    FourPlusTwo,
+    Eight,
+}
+
+const fn kind(ty: GgmlType) -> (Kind, Values) {
+    match ty {
+        GgmlType::Q4_0 => (Kind::Offset, Values::Four),
+        GgmlType::Q5_0 => (Kind::Offset, Values::FourPlusBit),
+        GgmlType::Q8_0 => (Kind::Offset, Values::Eight),
+        GgmlType::Q4_1 => (Kind::Min, Values::Four),
+        GgmlType::Q5_1 => (Kind::Min, Values::FourPlusBit),
+        GgmlType::Q4_K => (Kind::K45, Values::Four),
+        GgmlType::Q5_K => (Kind::K45, Values::FourPlusBit),
+        _ => (Kind::K6, Values::FourPlusTwo),
+    }
+}
+
+const fn value_bytes(v: Values) -> usize {
+    match v {
+        Values::Four => 256,
+        Values::FourPlusBit => 320,
+        Values::FourPlusTwo => 384,
+        Values::Eight => 512,
+    }
+}
+
+/// AVX-512 VNNI entry point: `out[t * 16 + r] = row r of panel · acts[t]`; `false` for a
+/// type without a kernel.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; slices as the module says.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")]
+pub(crate) unsafe fn panel_avx512(
+    ty: GgmlType,
+    panel: &[u8],
+    acts: &[ActivationRow],
+    out: &mut [f32],
+) -> bool {
+    let kernel = match ty {
+        GgmlType::Q4_0 => z::q4_0,
+        GgmlType::Q4_1 => z::q4_1,
+        GgmlType::Q5_0 => z::q5_0,
+        GgmlType::Q5_1 => z::q5_1,
+        GgmlType::Q8_0 => z::q8_0,
+        GgmlType::Q4_K => z::q4_k,
+        GgmlType::Q5_K => z::q5_k,
+        GgmlType::Q6_K => z::q6_k,
+        _ => return false,
+    };
+    kernel(panel, acts, out);
+    true
+}
+
+/// AVX2 entry point, as [`panel_avx512`].
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; slices as the module says.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn panel_avx2(
+    ty: GgmlType,
+    panel: &[u8],
+    acts: &[ActivationRow],
+    out: &mut [f32],
+) -> bool {
+    let kernel = match ty {
+        GgmlType::Q4_0 => y::q4_0,
+        GgmlType::Q4_1 => y::q4_1,
+        GgmlType::Q5_0 => y::q5_0,
+        GgmlType::Q5_1 => y::q5_1,
+        GgmlType::Q8_0 => y::q8_0,
+        GgmlType::Q4_K => y::q4_k,
+        GgmlType::Q5_K => y::q5_k,
+        GgmlType::Q6_K => y::q6_k,
+        _ => return false,
+    };
+    kernel(panel, acts, out);
+    true
+}
+
+/// One function per (format, instruction set) with the features on, the generic tile loop
+/// inlined into it.
+macro_rules! entries {
+    ($module:ident, $lanes:ty, $features:literal) => {
+        mod $module {
+            use super::*;
+            entries!(@each $lanes, $features, q4_0 Q4_0, q4_1 Q4_1, q5_0 Q5_0, q5_1 Q5_1,
+                q8_0 Q8_0, q4_k Q4_K, q5_k Q5_K, q6_k Q6_K);
+        }
+    };
+    (@each $lanes:ty, $features:literal, $($name:ident $ty:ident),*) => {$(
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name(panel: &[u8], acts: &[ActivationRow], out: &mut [f32]) {
+            const TY: GgmlType = GgmlType::$ty;
+            let mut start = 0;
+            while start < acts.len() {
+                let a = &acts[start..];
+                let y = &mut out[start * PANEL..];
+                let count = a.len().min(TILE);
+                match count {
+                    1 => panel_tile::<$lanes, 1>(TY, panel, a, y),
+                    2 => panel_tile::<$lanes, 2>(TY, panel, a, y),
+                    3 => panel_tile::<$lanes, 3>(TY, panel, a, y),
+                    4 => panel_tile::<$lanes, 4>(TY, panel, a, y),
+                    5 => panel_tile::<$lanes, 5>(TY, panel, a, y),
+                    6 => panel_tile::<$lanes, 6>(TY, panel, a, y),
+                    7 => panel_tile::<$lanes, 7>(TY, panel, a, y),
+                    _ => panel_tile::<$lanes, 8>(TY, panel, a, y),
+                }
+                start += count;
+            }
+        }
+    )*};
+}
+entries!(
+    z,
+    Zmm,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni"
+);
+entries!(y, Ymm2, "avx2,fma,f16c");
+
+/// 16 lanes (a panel's rows) of integers or floats, and the few operations the kernel needs:
+/// one 512-bit vector, or two 256-bit halves.
+trait Lanes: Copy {
+    type I: Copy;
+    type F: Copy;
+    unsafe fn zero_i() -> Self::I;
+    unsafe fn zero_f() -> Self::F;
+    /// 64 bytes at `p`.
+    unsafe fn load(p: *const u8) -> Self::I;
+    /// Low and high nibbles of each byte.
+    unsafe fn nibbles(v: Self::I) -> (Self::I, Self::I);
+    /// `v | 0x10` in the bytes whose bit is set in `bits`.
+    unsafe fn or_bit4(v: Self::I, bits: u64) -> Self::I;
+    /// `v | ((hi >> 2i) & 3) << 4` per byte.
+    unsafe fn or_hi2(v: Self::I, hi: Self::I, i: u32) -> Self::I;
+    /// Signed bytes made unsigned for the dot (and the offset that adds to the dot).
+    unsafe fn signed_weights(v: Self::I) -> Self::I;
+    /// `acc + Σ w·a` per 32-bit lane (4 bytes of each row) with `a` = the 4 bytes at `p`
+    /// broadcast; `SIGNED` weights come from [`Lanes::signed_weights`].
+    unsafe fn dot4<const SIGNED: bool>(acc: Self::I, w: Self::I, p: *const i8) -> Self::I;
+    /// The offset a [`Lanes::signed_weights`] dot carries per unit of activation sum.
+    const SIGNED_OFFSET: i32;
+    unsafe fn sub_i(v: Self::I, x: i32) -> Self::I;
+    unsafe fn cvt(v: Self::I) -> Self::F;
+    /// 16 f16 at `p`.
+    unsafe fn f16s(p: *const u8) -> Self::F;
+    /// 16 unsigned (or signed) bytes at `p` as floats.
+    unsafe fn u8s(p: *const u8) -> Self::F;
+    unsafe fn i8s(p: *const u8) -> Self::F;
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn mul_s(a: Self::F, b: f32) -> Self::F;
+    /// `a · b + c`, fused.
+    unsafe fn fma_s(a: Self::F, b: f32, c: Self::F) -> Self::F;
+    /// `a · b + c`, fused, with `a` a vector.
+    unsafe fn fma(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    /// `c - a · b`, fused.
+    unsafe fn fnma_s(a: Self::F, b: f32, c: Self::F) -> Self::F;
+    unsafe fn store(p: *mut f32, v: Self::F);
+}
+
+#[derive(Clone, Copy)]
+struct Zmm;
+
+impl Lanes for Zmm {
+    type I = __m512i;
+    type F = __m512;
+    const SIGNED_OFFSET: i32 = 128;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m512i {
+        _mm512_loadu_si512(p.cast())
+    }
+    #[inline(always)]
+    unsafe fn nibbles(v: __m512i) -> (__m512i, __m512i) {
+        let low = _mm512_set1_epi8(0x0f);
+        (
+            _mm512_and_si512(v, low),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
+        )
+    }
+    #[inline(always)]
+    unsafe fn or_bit4(v: __m512i, bits: u64) -> __m512i {
+        // A nibble has bit 4 clear, so adding 16 sets it (AVX-512 has no byte-masked OR).
+        _mm512_mask_add_epi8(v, bits, v, _mm512_set1_epi8(0x10))
+    }
+    #[inline(always)]
+    unsafe fn or_hi2(v: __m512i, hi: __m512i, i: u32) -> __m512i {
+        let shifted = _mm512_srl_epi16(hi, _mm_cvtsi32_si128(2 * i as i32));
+        let two = _mm512_and_si512(shifted, _mm512_set1_epi8(3));
+        _mm512_or_si512(v, _mm512_slli_epi16::<4>(two))
+    }
+    #[inline(always)]
+    unsafe fn signed_weights(v: __m512i) -> __m512i {
+        _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+    }
+    #[inline(always)]
+    unsafe fn dot4<const SIGNED: bool>(acc: __m512i, w: __m512i, p: *const i8) -> __m512i {
+        let a = _mm512_set1_epi32(p.cast::<i32>().read_unaligned());
+        _mm512_dpbusd_epi32(acc, w, a)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(v: __m512i, x: i32) -> __m512i {
+        _mm512_sub_epi32(v, _mm512_set1_epi32(x))
+    }
+    #[inline(always)]
+    unsafe fn cvt(v: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn f16s(p: *const u8) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn u8s(p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())))
+    }
+    #[inline(always)]
+    unsafe fn i8s(p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_s(a: __m512, b: f32) -> __m512 {
+        _mm512_mul_ps(a, _mm512_set1_ps(b))
+    }
+    #[inline(always)]
+    unsafe fn fma_s(a: __m512, b: f32, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, _mm512_set1_ps(b), c)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnma_s(a: __m512, b: f32, c: __m512) -> __m512 {
+        _mm512_fnmadd_ps(a, _mm512_set1_ps(b), c)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+}
+
+/// Two 256-bit halves: rows 0..8 and 8..16.
+#[derive(Clone, Copy)]
+struct Ymm2;
+
+#[inline(always)]
+unsafe fn pair_i(f: impl Fn(usize) -> __m256i) -> [__m256i; 2] {
+    [f(0), f(1)]
+}
+
+impl Lanes for Ymm2 {
+    type I = [__m256i; 2];
+    type F = [__m256; 2];
+    const SIGNED_OFFSET: i32 = 0;
+    #[inline(always)]
+    unsafe fn zero_i() -> [__m256i; 2] {
+        [_mm256_setzero_si256(); 2]
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> [__m256; 2] {
+        [_mm256_setzero_ps(); 2]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256i; 2] {
+        pair_i(|h| _mm256_loadu_si256(p.add(32 * h).cast()))
+    }
+    #[inline(always)]
+    unsafe fn nibbles(v: [__m256i; 2]) -> ([__m256i; 2], [__m256i; 2]) {
+        let low = _mm256_set1_epi8(0x0f);
+        (
+            pair_i(|h| _mm256_and_si256(v[h], low)),
+            pair_i(|h| _mm256_and_si256(_mm256_srli_epi16::<4>(v[h]), low)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn or_bit4(v: [__m256i; 2], bits: u64) -> [__m256i; 2] {
+        pair_i(|h| {
+            let word = (bits >> (32 * h)) as u32;
+            let shuffle = _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            );
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(word as i32), shuffle);
+            let probe = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+            let set = _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1));
+            _mm256_or_si256(v[h], _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+        })
+    }
+    #[inline(always)]
+    unsafe fn or_hi2(v: [__m256i; 2], hi: [__m256i; 2], i: u32) -> [__m256i; 2] {
+        pair_i(|h| {
+            let shifted = _mm256_srl_epi16(hi[h], _mm_cvtsi32_si128(2 * i as i32));
+            let two = _mm256_and_si256(shifted, _mm256_set1_epi8(3));
+            _mm256_or_si256(v[h], _mm256_slli_epi16::<4>(two))
+        })
+    }
+    #[inline(always)]
+    unsafe fn signed_weights(v: [__m256i; 2]) -> [__m256i; 2] {
+        v
+    }
+    #[inline(always)]
+    unsafe fn dot4<const SIGNED: bool>(
+        acc: [__m256i; 2],
+        w: [__m256i; 2],
+        p: *const i8,
+    ) -> [__m256i; 2] {
+        let a = _mm256_set1_epi32(p.cast::<i32>().read_unaligned());
+        let ones = _mm256_set1_epi16(1);
+        pair_i(|h| {
+            let pairs = if SIGNED {
+                // |w| unsigned, w's sign moved to the activations (ggml's trick; maddubs of
+                // 128 · 127 · 2 does not saturate).
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w[h], w[h]), _mm256_sign_epi8(a, w[h]))
+            } else {
+                _mm256_maddubs_epi16(w[h], a)
+            };
+            _mm256_add_epi32(acc[h], _mm256_madd_epi16(pairs, ones))
+        })
+    }
+    #[inline(always)]
+    unsafe fn sub_i(v: [__m256i; 2], x: i32) -> [__m256i; 2] {
+        pair_i(|h| _mm256_sub_epi32(v[h], _mm256_set1_epi32(x)))
+    }
+    #[inline(always)]
+    unsafe fn cvt(v: [__m256i; 2]) -> [__m256; 2] {
+        [_mm256_cvtepi32_ps(v[0]), _mm256_cvtepi32_ps(v[1])]
+    }
+    #[inline(always)]
+    unsafe fn f16s(p: *const u8) -> [__m256; 2] {
+        [
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(16).cast())),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn u8s(p: *const u8) -> [__m256; 2] {
+        let v =
+            |o: usize| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(o).cast())));
+        [v(0), v(8)]
+    }
+    #[inline(always)]
+    unsafe fn i8s(p: *const u8) -> [__m256; 2] {
+        let v =
+            |o: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(o).cast())));
+        [v(0), v(8)]
+    }
+    #[inline(always)]
+    unsafe fn mul(a: [__m256; 2], b: [__m256; 2]) -> [__m256; 2] {
+        [_mm256_mul_ps(a[0], b[0]), _mm256_mul_ps(a[1], b[1])]
+    }
+    #[inline(always)]
+    unsafe fn mul_s(a: [__m256; 2], b: f32) -> [__m256; 2] {
+        let b = _mm256_set1_ps(b);
+        [_mm256_mul_ps(a[0], b), _mm256_mul_ps(a[1], b)]
+    }
+    #[inline(always)]
+    unsafe fn fma_s(a: [__m256; 2], b: f32, c: [__m256; 2]) -> [__m256; 2] {
+        let b = _mm256_set1_ps(b);
+        [
+            _mm256_fmadd_ps(a[0], b, c[0]),
+            _mm256_fmadd_ps(a[1], b, c[1]),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn fma(a: [__m256; 2], b: [__m256; 2], c: [__m256; 2]) -> [__m256; 2] {
+        [
+            _mm256_fmadd_ps(a[0], b[0], c[0]),
+            _mm256_fmadd_ps(a[1], b[1], c[1]),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn fnma_s(a: [__m256; 2], b: f32, c: [__m256; 2]) -> [__m256; 2] {
+        let b = _mm256_set1_ps(b);
+        [
+            _mm256_fnmadd_ps(a[0], b, c[0]),
+            _mm256_fnmadd_ps(a[1], b, c[1]),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: [__m256; 2]) {
+        _mm256_storeu_ps(p, v[0]);
+        _mm256_storeu_ps(p.add(8), v[1]);
+    }
+}
+
+/// The 8 k-group vectors of 32 values whose value parts start at `v`.
+#[inline(always)]
+unsafe fn kgroups<L: Lanes>(values: Values, v: *const u8) -> [L::I; 8] {
+    let mut kg = [L::zero_i(); 8];
+    if values == Values::Eight {
+        for g in 0..8 {
+            kg[g] = L::signed_weights(L::load(v.add(64 * g)));
+        }
+        return kg;
+    }
+    for c in 0..4 {
+        let (lo, hi) = L::nibbles(L::load(v.add(64 * c)));
+        (kg[2 * c], kg[2 * c + 1]) = (lo, hi);
+    }
+    match values {
+        Values::FourPlusBit => {
+            let words = v.add(256).cast::<u64>();
+            for g in 0..8 {
+                kg[g] = L::or_bit4(kg[g], u64::from_le(words.add(g).read_unaligned()));
+            }
+        }
+        Values::FourPlusTwo => {
+            for h in 0..2 {
+                let hi = L::load(v.add(256 + 64 * h));
+                for i in 0..4 {
+                    kg[4 * h + i] = L::or_hi2(kg[4 * h + i], hi, i as u32);
+                }
+            }
+        }
+        _ => {}
+    }
+    kg
+}
+
+/// `Σ_g dot4(kg[g], a + 4g)` over k-groups `range`.
+#[inline(always)]
+unsafe fn dot<L: Lanes, const SIGNED: bool>(
+    kg: &[L::I; 8],
+    range: std::ops::Range<usize>,
+    a: *const i8,
+) -> L::I {
+    let mut acc = L::zero_i();
+    for g in range {
+        acc = L::dot4::<SIGNED>(acc, kg[g], a.add(4 * g));
+    }
+    acc
+}
+
+/// The first `R` activation rows of `acts` against every block of `panel`.
+#[inline(always)]
+unsafe fn panel_tile<L: Lanes, const R: usize>(
+    ty: GgmlType,
+    panel: &[u8],
+    acts: &[ActivationRow],
+    out: &mut [f32],
+) {
+    let (kind, values) = kind(ty);
+    let Some(layout) = super::panels::layout(ty) else {
+        return;
+    };
+    let blocks = panel.len() / layout.bytes;
+    let mut qs = [std::ptr::null::<i8>(); R];
+    let mut scales = [std::ptr::null::<f32>(); R];
+    let mut sums16 = [std::ptr::null::<i16>(); R];
+    let mut sums32 = [std::ptr::null::<i16>(); R];
+    let mut scaled = [std::ptr::null::<f32>(); R];
+    for r in 0..R {
+        let a = acts.get_unchecked(r);
+        qs[r] = a.qs.as_ptr();
+        scales[r] = a.scales.as_ptr();
+        sums16[r] = a.sums16.as_ptr();
+        sums32[r] = a.sums32.as_ptr();
+        scaled[r] = a.scaled_sums32.as_ptr();
+    }
+    let mut acc = [L::zero_f(); R];
+    let signed = values == Values::Eight;
+    let off = offset(ty) + if signed { L::SIGNED_OFFSET } else { 0 };
+    let vb = value_bytes(values);
+    for k in 0..blocks {
+        let pb = panel.as_ptr().add(k * layout.bytes);
+        match kind {
+            Kind::Offset | Kind::Min => {
+                let d = L::f16s(pb);
+                let m = if kind == Kind::Min {
+                    L::f16s(pb.add(32))
+                } else {
+                    L::zero_f()
+                };
+                let v = pb.add(if kind == Kind::Min { 64 } else { 32 });
+                let kg = kgroups::<L>(values, v);
+                for r in 0..R {
+                    let a = qs[r].add(32 * k);
+                    let mut dt = if signed {
+                        dot::<L, true>(&kg, 0..8, a)
+                    } else {
+                        dot::<L, false>(&kg, 0..8, a)
+                    };
+                    if off != 0 {
+                        dt = L::sub_i(dt, off * *sums32[r].add(k) as i32);
+                    }
+                    let da = *scales[r].add(k);
+                    acc[r] = L::fma(L::cvt(dt), L::mul_s(d, da), acc[r]);
+                    if kind == Kind::Min {
+                        acc[r] = L::fma_s(m, *scaled[r].add(k), acc[r]);
+                    }
+                }
+            }
+            Kind::K45 => {
+                let d = L::f16s(pb);
+                let dmin = L::f16s(pb.add(32));
+                for sub in 0..8 {
+                    let deff = L::mul(d, L::u8s(pb.add(64 + 16 * sub)));
+                    let meff = L::mul(dmin, L::u8s(pb.add(64 + 128 + 16 * sub)));
+                    let kg = kgroups::<L>(values, pb.add(320 + sub * vb));
+                    for r in 0..R {
+                        let dt = dot::<L, false>(&kg, 0..8, qs[r].add(256 * k + 32 * sub));
+                        let da = *scales[r].add(k);
+                        acc[r] = L::fma(L::cvt(dt), L::mul_s(deff, da), acc[r]);
+                        acc[r] = L::fnma_s(meff, *scaled[r].add(8 * k + sub), acc[r]);
+                    }
+                }
+            }
+            Kind::K6 => {
+                let d = L::f16s(pb);
+                for sub in 0..8 {
+                    let kg = kgroups::<L>(values, pb.add(288 + sub * vb));
+                    for half in 0..2 {
+                        let s = 2 * sub + half;
+                        let deff = L::mul(d, L::i8s(pb.add(32 + 16 * s)));
+                        for r in 0..R {
+                            let a = qs[r].add(256 * k + 32 * sub);
+                            let g = 4 * half..4 * half + 4;
+                            let dt = dot::<L, false>(&kg, g, a);
+                            let dt = L::sub_i(dt, 32 * *sums16[r].add(16 * k + s) as i32);
+                            let da = *scales[r].add(k);
+                            acc[r] = L::fma(L::cvt(dt), L::mul_s(deff, da), acc[r]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        L::store(out.as_mut_ptr().add(PANEL * r), acc[r]);
+    }
+}
