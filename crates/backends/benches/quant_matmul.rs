@@ -81,6 +81,19 @@ fn products(c: &mut Criterion) {
     for ty in TYPES {
         bench_matrix(c, &format!("{ty}"), &synthetic(ty));
     }
+    // Larger than the last-level cache: streamed from memory as a decode step streams a model.
+    if std::env::var_os("HLM_BENCH_LARGE").is_some() {
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_0] {
+            let mut m = QuantMatrix::new(8192);
+            m.push(
+                ty,
+                SharedBytes::from(random_rows(ty, 16384, 8192, 3)),
+                16384,
+            )
+            .expect("whole blocks");
+            bench_matrix(c, &format!("{ty} (memory-bound)"), &m);
+        }
+    }
     for (model, tensor) in TENSORS {
         match real(model, tensor) {
             Some(m) => bench_matrix(c, &format!("{model} {tensor}"), &m),

@@ -139,15 +139,17 @@ macro_rules! entries {
                 let a = &acts[start..];
                 let y = &mut out[start * PANEL..];
                 let count = a.len().min(TILE);
+                // The first tile streams the panel from memory; later ones find it in cache.
+                let ahead = start == 0;
                 match count {
-                    1 => panel_tile::<$lanes, 1>(TY, panel, a, y),
-                    2 => panel_tile::<$lanes, 2>(TY, panel, a, y),
-                    3 => panel_tile::<$lanes, 3>(TY, panel, a, y),
-                    4 => panel_tile::<$lanes, 4>(TY, panel, a, y),
-                    5 => panel_tile::<$lanes, 5>(TY, panel, a, y),
-                    6 => panel_tile::<$lanes, 6>(TY, panel, a, y),
-                    7 => panel_tile::<$lanes, 7>(TY, panel, a, y),
-                    _ => panel_tile::<$lanes, 8>(TY, panel, a, y),
+                    1 => panel_tile::<$lanes, 1>(TY, panel, a, y, ahead),
+                    2 => panel_tile::<$lanes, 2>(TY, panel, a, y, ahead),
+                    3 => panel_tile::<$lanes, 3>(TY, panel, a, y, ahead),
+                    4 => panel_tile::<$lanes, 4>(TY, panel, a, y, ahead),
+                    5 => panel_tile::<$lanes, 5>(TY, panel, a, y, ahead),
+                    6 => panel_tile::<$lanes, 6>(TY, panel, a, y, ahead),
+                    7 => panel_tile::<$lanes, 7>(TY, panel, a, y, ahead),
+                    _ => panel_tile::<$lanes, 8>(TY, panel, a, y, ahead),
                 }
                 start += count;
             }
@@ -184,6 +186,7 @@ trait Lanes: Copy {
     /// The offset a [`Lanes::signed_weights`] dot carries per unit of activation sum.
     const SIGNED_OFFSET: i32;
     unsafe fn sub_i(v: Self::I, x: i32) -> Self::I;
+    unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn cvt(v: Self::I) -> Self::F;
     /// 16 f16 at `p`.
     unsafe fn f16s(p: *const u8) -> Self::F;
@@ -251,6 +254,10 @@ impl Lanes for Zmm {
     #[inline(always)]
     unsafe fn sub_i(v: __m512i, x: i32) -> __m512i {
         _mm512_sub_epi32(v, _mm512_set1_epi32(x))
+    }
+    #[inline(always)]
+    unsafe fn add_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(a, b)
     }
     #[inline(always)]
     unsafe fn cvt(v: __m512i) -> __m512 {
@@ -379,6 +386,10 @@ impl Lanes for Ymm2 {
         pair_i(|h| _mm256_sub_epi32(v[h], _mm256_set1_epi32(x)))
     }
     #[inline(always)]
+    unsafe fn add_i(a: [__m256i; 2], b: [__m256i; 2]) -> [__m256i; 2] {
+        pair_i(|h| _mm256_add_epi32(a[h], b[h]))
+    }
+    #[inline(always)]
     unsafe fn cvt(v: [__m256i; 2]) -> [__m256; 2] {
         [_mm256_cvtepi32_ps(v[0]), _mm256_cvtepi32_ps(v[1])]
     }
@@ -474,27 +485,64 @@ unsafe fn kgroups<L: Lanes>(values: Values, v: *const u8) -> [L::I; 8] {
     kg
 }
 
-/// `Σ_g dot4(kg[g], a + 4g)` over k-groups `range`.
+/// `Σ_g dot4(kg[g], a + 4g)` over k-groups `range`, in `chains` (1 or 2) accumulators
+/// (one `vpdpbusd` waits 5 cycles for the previous one into the same register: with few
+/// activation rows, two chains a row keep both vector units busy). Integer sums: the order
+/// does not change the result.
 #[inline(always)]
 unsafe fn dot<L: Lanes, const SIGNED: bool>(
     kg: &[L::I; 8],
     range: std::ops::Range<usize>,
     a: *const i8,
+    chains: usize,
 ) -> L::I {
-    let mut acc = L::zero_i();
-    for g in range {
-        acc = L::dot4::<SIGNED>(acc, kg[g], a.add(4 * g));
+    let mut acc = [L::zero_i(); 2];
+    for (i, g) in range.enumerate() {
+        let c = if chains == 2 { i % 2 } else { 0 };
+        acc[c] = L::dot4::<SIGNED>(acc[c], kg[g], a.add(4 * g));
     }
-    acc
+    if chains == 2 {
+        L::add_i(acc[0], acc[1])
+    } else {
+        acc[0]
+    }
 }
 
-/// The first `R` activation rows of `acts` against every block of `panel`.
+/// How far ahead of the block being multiplied the panel's bytes are requested from memory.
+/// A decode step streams every weight once; the hardware prefetcher alone let the loads of
+/// each block stall, and with several activation rows the stalls added to the compute
+/// instead of hiding under it.
+const PREFETCH_BYTES: usize = 2048;
+/// Further ahead, into L2 only: more requests in flight than the L1's fill buffers allow.
+const PREFETCH_L2_BYTES: usize = 12288;
+
+/// Ask for the cache lines of `len` bytes from `p + PREFETCH_BYTES` on (a hint; it never
+/// faults, even past the end of the panel, where the next panel of the task follows).
+#[inline(always)]
+unsafe fn prefetch_ahead(p: *const u8, len: usize) {
+    let mut at = 0;
+    while at < len {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + at).cast());
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_L2_BYTES + at).cast());
+        at += 64;
+    }
+}
+
+/// Accumulator chains per activation row for a tile of `r` rows: two while few rows give few
+/// independent chains, one when the rows are enough.
+const fn chains(r: usize) -> usize {
+    if r <= 4 { 2 } else { 1 }
+}
+
+/// The first `R` activation rows of `acts` against every block of `panel`; with `ahead`,
+/// the bytes ahead of each block are prefetched.
 #[inline(always)]
 unsafe fn panel_tile<L: Lanes, const R: usize>(
     ty: GgmlType,
     panel: &[u8],
     acts: &[ActivationRow],
     out: &mut [f32],
+    ahead: bool,
 ) {
     let (kind, values) = kind(ty);
     let Some(layout) = super::panels::layout(ty) else {
@@ -520,6 +568,9 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
     let vb = value_bytes(values);
     for k in 0..blocks {
         let pb = panel.as_ptr().add(k * layout.bytes);
+        if ahead {
+            prefetch_ahead(pb, layout.bytes);
+        }
         match kind {
             Kind::Offset | Kind::Min => {
                 let d = L::f16s(pb);
@@ -533,9 +584,9 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
                 for r in 0..R {
                     let a = qs[r].add(32 * k);
                     let mut dt = if signed {
-                        dot::<L, true>(&kg, 0..8, a)
+                        dot::<L, true>(&kg, 0..8, a, chains(R))
                     } else {
-                        dot::<L, false>(&kg, 0..8, a)
+                        dot::<L, false>(&kg, 0..8, a, chains(R))
                     };
                     if off != 0 {
                         dt = L::sub_i(dt, off * *sums32[r].add(k) as i32);
@@ -555,7 +606,8 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
                     let meff = L::mul(dmin, L::u8s(pb.add(64 + 128 + 16 * sub)));
                     let kg = kgroups::<L>(values, pb.add(320 + sub * vb));
                     for r in 0..R {
-                        let dt = dot::<L, false>(&kg, 0..8, qs[r].add(256 * k + 32 * sub));
+                        let a = qs[r].add(256 * k + 32 * sub);
+                        let dt = dot::<L, false>(&kg, 0..8, a, chains(R));
                         let da = *scales[r].add(k);
                         acc[r] = L::fma(L::cvt(dt), L::mul_s(deff, da), acc[r]);
                         acc[r] = L::fnma_s(meff, *scaled[r].add(8 * k + sub), acc[r]);
@@ -572,7 +624,7 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
                         for r in 0..R {
                             let a = qs[r].add(256 * k + 32 * sub);
                             let g = 4 * half..4 * half + 4;
-                            let dt = dot::<L, false>(&kg, g, a);
+                            let dt = dot::<L, false>(&kg, g, a, chains(R));
                             let dt = L::sub_i(dt, 32 * *sums16[r].add(16 * k + s) as i32);
                             let da = *scales[r].add(k);
                             acc[r] = L::fma(L::cvt(dt), L::mul_s(deff, da), acc[r]);

@@ -1,6 +1,8 @@
 //! The element-wise and per-row steps of the CPU decoder: RMSNorm, SwiGLU, RoPE, softmax and
 //! small dot products, on host `f32` slices.
 
+use rayon::prelude::*;
+
 use super::super::config::RopeLayout;
 
 /// `out = x / sqrt(mean(x²) + eps) * gamma` for every row of `x` (row length `gamma.len()`).
@@ -17,18 +19,34 @@ pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f64, out: &mut [f32]) {
 }
 
 /// `silu(gate) * up` per row of `[gate | up]` (`inter` values each), into `out`
-/// (`[rows, inter]`).
+/// (`[rows, inter]`). One `exp` per value: a pass over several rows is split over the cores
+/// in pieces of [`SWIGLU_PIECE`] values.
 pub fn swiglu(gate_up: &[f32], inter: usize, out: &mut [f32]) {
-    for (gu, y) in gate_up
-        .chunks_exact(2 * inter)
-        .zip(out.chunks_exact_mut(inter))
-    {
-        let (gate, up) = gu.split_at(inter);
+    let piece = |(gate, up, y): (&[f32], &[f32], &mut [f32])| {
         for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
             *y = g / (1.0 + (-g).exp()) * u;
         }
+    };
+    let pieces = gate_up
+        .chunks_exact(2 * inter)
+        .zip(out.chunks_exact_mut(inter))
+        .flat_map(|(gu, y)| {
+            let (gate, up) = gu.split_at(inter);
+            gate.chunks(SWIGLU_PIECE)
+                .zip(up.chunks(SWIGLU_PIECE))
+                .zip(y.chunks_mut(SWIGLU_PIECE))
+                .map(|((g, u), y)| (g, u, y))
+        });
+    // A decode step's one row is not worth the threads' hand-over.
+    if gate_up.len() < 8 * SWIGLU_PIECE {
+        pieces.for_each(piece);
+    } else {
+        pieces.par_bridge().for_each(piece);
     }
 }
+
+/// Values per parallel piece of [`swiglu`].
+const SWIGLU_PIECE: usize = 2048;
 
 /// Rotate each `head_dim`-wide head of `x` (`heads` of them, contiguous) by the angles whose
 /// cosines and sines are `cos`, `sin` (`head_dim / 2` each).
