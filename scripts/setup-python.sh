@@ -4,8 +4,9 @@
 # Idempotent: packages that are already importable are not reinstalled.
 #
 #   HLM_VENV=/path/to/venv scripts/setup-python.sh   # default /var/tmp/hlm-venv
-#   scripts/setup-python.sh --llama-cpp   # also llama-cpp-python (for `cargo xtask bench
-#                                         # decode` and the fixtures' llama.cpp column)
+#   scripts/setup-python.sh --llama-cpp   # also llama-cpp-python (for the greedy fixtures'
+#                                         # llama.cpp column; benchmarks use llama.cpp's own
+#                                         # tools instead: scripts/build-llama-cpp.sh)
 #
 # Only PyPI is reachable, so torch comes from PyPI as the regular (CUDA) Linux
 # build together with its nvidia-* dependencies (~5 GB installed). A

@@ -20,7 +20,7 @@ Examples:
   cargo xtask ci            # what .ci/run runs
   cargo xtask demo          # fetch the default pair and run the paper's method once
   cargo xtask paper         # reproduce the paper's comparison table on the Qwen pair
-  cargo xtask bench decode  # prefill/decode speed and peak memory per model (vs llama.cpp)"
+  cargo xtask bench decode  # CPU speed and memory next to llama-bench / llama-speculative"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -79,22 +79,32 @@ const PAPER_METHODS: &str = "slm,llm,hlm,u-hlm,iu-hlm,cu-hlm";
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Prefill and decode tokens/s and peak memory of each fetched model on the CPU
-    /// (`hlm generate`, greedy), next to llama.cpp on the same GGUF and thread count when
-    /// llama-cpp-python is installed (scripts/bench_llama_cpp.py).
+    /// hlm's CPU speed next to llama.cpp's own tools on the same GGUF files and threads:
+    /// prefill and decode (`hlm speed` vs `llama-bench`), verification cost, peak memory, and
+    /// local speculative decoding on the Qwen pair (vs `llama-speculative` and vs the target
+    /// alone). Builds llama.cpp with scripts/build-llama-cpp.sh first (a no-op once built).
     Decode {
         /// Models to measure (default: SmolLM2-135M, Qwen2.5-Coder 0.5B and 1.5B).
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
-        /// Tokens to decode after the prompt.
-        #[arg(long, short = 'n', default_value_t = 32)]
-        max_new_tokens: usize,
-        /// The prompt.
-        #[arg(
-            long,
-            default_value = "def quicksort(items):\n    \"\"\"Sort a list of numbers.\"\"\"\n"
-        )]
-        prompt: String,
+        /// Runs of each measurement (alternating between hlm and llama.cpp).
+        #[arg(long, short = 'r', default_value_t = 3)]
+        repetitions: usize,
+        /// Tokens of the prefill measurement (llama-bench -p).
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        /// Tokens of the decode measurement (llama-bench -n).
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: usize,
+        /// Tokens of the speculative comparison (0: skip it).
+        #[arg(long, default_value_t = 96)]
+        speculative_tokens: usize,
+        /// Most drafts per round, for both (speculation.gamma, --spec-draft-n-max).
+        #[arg(long, default_value_t = 4)]
+        draft_max: usize,
+        /// A folder holding llama-bench and llama-speculative, instead of building them.
+        #[arg(long, value_name = "DIR")]
+        llama_cpp_bin: Option<std::path::PathBuf>,
     },
 }
 
@@ -165,9 +175,29 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench(BenchCmd::Decode {
             models,
-            max_new_tokens,
-            prompt,
-        }) => bench::decode(&hlm_path()?, &models, &prompt, max_new_tokens),
+            repetitions,
+            prompt_tokens,
+            decode_tokens,
+            speculative_tokens,
+            draft_max,
+            llama_cpp_bin,
+        }) => {
+            if repetitions == 0 || prompt_tokens == 0 || decode_tokens == 0 || draft_max == 0 {
+                bail!(
+                    "--repetitions, --prompt-tokens, --decode-tokens and --draft-max must be at least 1"
+                );
+            }
+            let bench = bench::DecodeBench {
+                models,
+                repetitions,
+                prompt_tokens,
+                decode_tokens,
+                speculative_tokens,
+                draft_max,
+                llama_cpp_bin,
+            };
+            bench::decode(&hlm_path()?, &bench)
+        }
         Cmd::Paper {
             limit,
             max_new_tokens,

@@ -169,6 +169,7 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
                 "model": args.model,
                 "description": model.describe(),
                 "precision": precision.name(),
+                "kernels": hlm_backends::gguf::int8::Isa::detect().name(),
                 "threads": rayon_threads(),
                 "load_s": load_s,
                 "prompt_tokens": args.prompt_tokens,

@@ -430,6 +430,7 @@ impl<'p, 'c> Run<'p, 'c> {
             };
             self.account(w)?;
         }
+        self.stats.prefill_s = self.started.elapsed().as_secs_f64();
         match (next_logits, self.p.verifier.is_some()) {
             (Some(l), true) => self.hybrid(l),
             (Some(l), false) => self.slm_only(l),

@@ -106,6 +106,10 @@ pub struct RunStats {
     pub modelled_tokens_per_s: f64,
     /// Wall-clock time of the run (s).
     pub wall_s: f64,
+    /// Wall-clock time until both models had processed the prompt (s): the rest of `wall_s`
+    /// is generation.
+    #[serde(default)]
+    pub prefill_s: f64,
     /// Generated tokens per wall-clock second.
     pub tokens_per_s: f64,
 }
