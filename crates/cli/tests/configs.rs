@@ -187,7 +187,11 @@ fn impossible_values_name_key_and_rule() {
     let m = error_of(MINIMAL, &["generation.temperature=-1"]);
     assert_contains(&m, &["bad.toml", "generation.temperature", ">= 0"]);
     let m = error_of(MINIMAL, &["speculation.gamma=0"]);
-    assert_contains(&m, &["speculation.gamma", "at least 1"]);
+    assert_contains(&m, &["speculation.gamma", "between 1 and 64"]);
+    let m = error_of(MINIMAL, &["speculation.gamma=65"]);
+    assert_contains(&m, &["speculation.gamma", "between 1 and 64"]);
+    let m = error_of(MINIMAL, &["speculation.adaptive=true"]);
+    assert_contains(&m, &["speculation.adaptive", "stop_drafting"]);
     let m = error_of(MINIMAL, &["generation.max_new_tokens=0"]);
     assert_contains(&m, &["generation.max_new_tokens"]);
 }

@@ -83,6 +83,9 @@ impl Default for GenerationConfig {
     }
 }
 
+/// The most drafts a round may hold (`speculation.gamma`).
+pub const MAX_GAMMA: usize = 64;
+
 /// How drafts are grouped into verification rounds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -233,11 +236,20 @@ impl PipelineConfig {
                 "must be a finite number >= 0 (0 = greedy)",
             ));
         }
-        if self.speculation.gamma == 0 {
+        if !(1..=MAX_GAMMA).contains(&self.speculation.gamma) {
             return Err(HlmError::invalid(
                 "speculation.gamma",
-                0,
-                "must be at least 1",
+                self.speculation.gamma,
+                format!("must be between 1 and {MAX_GAMMA}"),
+            ));
+        }
+        if self.speculation.adaptive && self.speculation.filter_action != FilterAction::StopDrafting
+        {
+            return Err(HlmError::invalid(
+                "speculation.adaptive",
+                true,
+                "needs filter_action = \"stop_drafting\": with \"skip\" the filter's skipped \
+                 tokens are free, which the draft-length model does not count",
             ));
         }
         match (&self.draft, &self.verifier) {

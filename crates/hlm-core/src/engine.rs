@@ -484,8 +484,9 @@ impl<'p, 'c> Run<'p, 'c> {
     }
 
     /// One token from the target alone (no drafts, the bonus token of an empty round),
-    /// committed; returns it and the positions the target computed for it.
-    fn target_step(&mut self) -> Result<(TokenId, usize)> {
+    /// committed; returns it, the positions the target computed for it and the seconds the
+    /// request took.
+    fn target_step(&mut self) -> Result<(TokenId, usize, f64)> {
         let (context, context_bits) = self.take_unsent_context();
         let positions = context.len().max(1);
         let req = VerifyRequest {
@@ -493,7 +494,10 @@ impl<'p, 'c> Run<'p, 'c> {
             drafts: Vec::new(),
             bonus: true,
         };
-        let (outcome, _) = match self.round_trip(&req, context_bits) {
+        let t0 = Instant::now();
+        let trip = self.round_trip(&req, context_bits);
+        let seconds = t0.elapsed().as_secs_f64();
+        let (outcome, _) = match trip {
             Err(e @ HlmError::VerifierUnavailable(_)) => {
                 // Undelivered: it goes out with the next request that does reach the server.
                 let mut unsent: Vec<(TokenId, bool)> =
@@ -509,7 +513,7 @@ impl<'p, 'c> Run<'p, 'c> {
                 let t = *t;
                 self.unsent.push((t, false));
                 self.commit(t, TokenKind::Target);
-                Ok((t, positions))
+                Ok((t, positions, seconds))
             }
             other => Err(HlmError::Verifier(format!(
                 "expected one generated token, got {other:?}"
@@ -526,14 +530,18 @@ impl<'p, 'c> Run<'p, 'c> {
         };
         let next = adaptive.next_gamma();
         if next == 0 {
-            let t0 = Instant::now();
-            let (t, positions) = match self.target_step() {
+            let (t, positions, seconds) = match self.target_step() {
                 // The device goes on drafting alone, as any round would.
-                Err(HlmError::VerifierUnavailable(_)) => return self.start_drafting(logits, gamma),
+                Err(HlmError::VerifierUnavailable(why)) => {
+                    tracing::warn!("verifier unavailable for a target-only step, drafting: {why}");
+                    self.stats.verifier_faults += 1;
+                    return self.start_drafting(logits, gamma);
+                }
                 other => other?,
             };
-            let seconds = t0.elapsed().as_secs_f64();
             self.stats.target_only_tokens += 1;
+            // A round of its own: its one token counts among the tokens per verification.
+            self.committed_by_verification += 1;
             self.draft_behind.push(t);
             if let Some(a) = self.adaptive.as_mut() {
                 a.record_verify(positions, seconds);
