@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use hlm_backends::{Precision, TransformerSpec};
-use hlm_core::{BuildContext, TargetModel, TargetModelSpec, TokenId};
+use hlm_core::{BuildContext, DraftModel, TargetModel, TokenId};
 use serde_json::json;
 
 /// Options of `hlm speed`.
@@ -63,6 +63,7 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
 }
 
 fn argmax(row: &[f32]) -> TokenId {
+    // Ties to the first, as transformers' greedy search.
     row.iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
@@ -93,16 +94,19 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
     };
     let t0 = Instant::now();
     let mut model = spec
-        .build(&ctx)
+        .load(&ctx)
         .with_context(|| format!("cannot load {}", args.model))?;
     let load_s = t0.elapsed().as_secs_f64();
-    let vocab = model.vocab_size();
-    let need = args.prompt_tokens.max(args.decode_tokens + 1) + args.verify_positions;
-    if need > model.max_context() {
-        bail!(
-            "the measurements need {need} positions, the model allows {}",
-            model.max_context()
-        );
+    let vocab = TargetModel::vocab_size(&model);
+    let need = args
+        .decode_tokens
+        .checked_add(1)
+        .map(|d| d.max(args.prompt_tokens))
+        .and_then(|n| n.checked_add(args.verify_positions))
+        .context("--prompt-tokens, --decode-tokens and --verify-positions are too large")?;
+    let max = TargetModel::max_context(&model);
+    if need > max {
+        bail!("the measurements need {need} positions, the model allows {max}");
     }
     // Fixed pseudo-random ids (a linear congruential sequence), like llama-bench's random
     // prompt tokens.
@@ -117,25 +121,30 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
         .collect();
     let (mut prefill, mut decode, mut verify, mut step) = (vec![], vec![], vec![], vec![]);
     // Repetition 0 warms caches, page tables and thread pools up and is not counted.
+    // Prefill and decode are the draft model's passes (logits of the last position only, as
+    // llama-bench computes them); the verification pass and the decode pass it is set against
+    // are the target's (logits of every position fed).
     for rep in 0..=args.repetitions {
-        let m: &mut dyn TargetModel = model.as_mut();
-        m.truncate(0)?;
+        let m = &mut model;
+        DraftModel::truncate(m, 0)?;
         let t = Instant::now();
-        m.forward_all(&prompt)?;
+        DraftModel::forward(m, &prompt, None)?;
         let prefill_s = t.elapsed().as_secs_f64();
 
-        m.truncate(0)?;
-        let mut last = m.forward_all(&prompt[..1])?;
+        DraftModel::truncate(m, 0)?;
+        let mut last = DraftModel::forward(m, &prompt[..1], None)?
+            .logits
+            .to_host()?;
         let t = Instant::now();
         for _ in 0..args.decode_tokens {
-            let next = argmax(last.last().context("a logit row")?);
-            last = m.forward_all(&[next])?;
+            let next = argmax(&last);
+            last = DraftModel::forward(m, &[next], None)?.logits.to_host()?;
         }
         let decode_s = t.elapsed().as_secs_f64();
 
-        m.truncate(0)?;
+        TargetModel::truncate(m, 0)?;
         m.forward_all(&prompt)?;
-        let base = m.context_len();
+        let base = TargetModel::context_len(m);
         let drafts: Vec<TokenId> = prompt
             .iter()
             .copied()
@@ -145,7 +154,7 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
         let t = Instant::now();
         m.forward_all(&drafts)?;
         let verify_s = t.elapsed().as_secs_f64();
-        m.truncate(base)?;
+        TargetModel::truncate(m, base)?;
         let t = Instant::now();
         m.forward_all(&drafts[..1])?;
         let step_s = t.elapsed().as_secs_f64();
@@ -167,7 +176,7 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
             "{}",
             json!({
                 "model": args.model,
-                "description": model.describe(),
+                "description": TargetModel::describe(&model),
                 "precision": precision.name(),
                 "kernels": hlm_backends::gguf::int8::Isa::detect().name(),
                 "threads": rayon_threads(),
@@ -188,9 +197,9 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} ({} precision, loaded in {load_s:.1} s)",
-            model.describe(),
-            precision
+            "{} (loaded in {load_s:.1} s; {} kernels)",
+            TargetModel::describe(&model),
+            hlm_backends::gguf::int8::Isa::detect().name()
         );
         println!(
             "  prefill {:>4} tokens   {pp:8.1} ± {pp_sd:.1} tokens/s",

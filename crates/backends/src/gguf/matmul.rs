@@ -33,6 +33,9 @@ use super::types::GgmlType;
 /// dozens of cores.
 pub const ROWS_PER_TASK: usize = 32;
 
+// A task of the integer path is whole panels (its first row starts a panel).
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(PANEL));
+
 /// Consecutive rows of one ggml type.
 #[derive(Clone, Debug)]
 struct RowRange {
@@ -161,11 +164,17 @@ impl QuantMatrix {
         })
     }
 
-    /// Bytes the integer kernels' repacked weights take (0 before they are made).
+    /// Bytes the integer products read: each range's repacked panels, or its file form where
+    /// it has no integer kernel (all of the file form before [`QuantMatrix::prepare_int8`]).
     pub fn int8_bytes(&self) -> usize {
-        self.panels
-            .get()
-            .map_or(0, |p| p.iter().flatten().map(Panels::n_bytes).sum())
+        let Some(panels) = self.panels.get() else {
+            return self.n_bytes();
+        };
+        self.ranges
+            .iter()
+            .zip(panels)
+            .map(|(r, p)| p.as_ref().map_or(r.bytes.len(), Panels::n_bytes))
+            .sum()
     }
 
     /// `x @ selfᵀ` as [`QuantMatrix::matmul_t`], the `fast` precision: each row of `x` is
@@ -248,7 +257,8 @@ impl QuantMatrix {
             || (vec![0.0f32; cols], vec![0.0f32; room]),
             |(scratch, local), t| {
                 let layout = task(&t, scratch, local);
-                columns.write(t.matrix_row, t.rows, layout, local);
+                // SAFETY: the tasks cover disjoint rows of the matrix.
+                unsafe { columns.write(t.matrix_row, t.rows, layout, local) };
             },
         );
         y
@@ -306,7 +316,11 @@ impl<'a> ColumnWriter<'a> {
 
     /// Write a task's results for weight rows `row..row + count` (laid out in `local` as
     /// `layout` says) into columns `row..row + count` of the result.
-    fn write(&self, row: usize, count: usize, layout: TaskLayout, local: &[f32]) {
+    ///
+    /// # Safety
+    /// No other thread writes columns `row..row + count` at the same time (each task owns its
+    /// rows).
+    unsafe fn write(&self, row: usize, count: usize, layout: TaskLayout, local: &[f32]) {
         assert!(
             row + count <= self.rows,
             "columns {row}..{} of {}",
@@ -321,8 +335,8 @@ impl<'a> ColumnWriter<'a> {
                     TaskLayout::Panels => local[(i / PANEL) * PANEL * n + t * PANEL + i % PANEL],
                 };
                 // SAFETY: t < n and row + i < rows, so the index is inside the `[n, rows]`
-                // buffer this writer borrows mutably; tasks write disjoint row ranges, so no
-                // two threads write one element.
+                // buffer this writer borrows mutably; no other thread writes these columns
+                // (this function's contract).
                 unsafe { *self.out.add(t * self.rows + row + i) = v };
             }
         }

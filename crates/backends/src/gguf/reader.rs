@@ -115,8 +115,9 @@ impl SharedBytes {
     /// Drop the pages of these bytes from this process's resident memory, if they are part of
     /// a file mapping (a no-op for bytes held in memory): for a tensor that was copied
     /// elsewhere (repacked) and is only read again rarely, if ever. Reading the bytes later is
-    /// fine: the pages come back from the file. Only whole pages inside the range are
-    /// dropped.
+    /// fine: the pages come back from the file. The range is trimmed to whole 4 KiB pages;
+    /// on a kernel with larger pages the neighbouring tensors' pages may go too, which costs
+    /// only a re-read.
     pub fn release_resident(&self) {
         #[cfg(unix)]
         if let Storage::Mmap(map) = &*self.storage {
@@ -124,10 +125,10 @@ impl SharedBytes {
             let start = self.range.start.next_multiple_of(PAGE);
             let end = self.range.end / PAGE * PAGE;
             if end > start {
-                // SAFETY: the mapping is a read-only private mapping of a file that is treated
-                // as immutable while loaded, never written through; MADV_DONTNEED only drops
-                // the pages, and a later read faults the same file contents back in. The
-                // range is inside the mapping (a sub-range of one of its tensors).
+                // SAFETY: the mapping is a read-only (shared) mapping of a file that is treated
+                // as immutable while loaded and never written through; MADV_DONTNEED only
+                // drops the pages from this process, and a later read faults the same file
+                // contents back in. The range is inside the mapping (part of one tensor).
                 let _ = unsafe {
                     map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,

@@ -81,6 +81,12 @@ impl Isa {
         }
     }
 
+    /// Whether this CPU runs `isa` (detected once).
+    pub fn runnable(isa: Isa) -> bool {
+        static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+        AVAILABLE.get_or_init(Isa::available).contains(&isa)
+    }
+
     /// Every instruction set this CPU can run, widest first (`Portable` always last).
     pub fn available() -> Vec<Isa> {
         let mut isas = Vec::new();
@@ -141,17 +147,31 @@ pub(crate) fn panel_dot(
         return;
     };
     let values = panel.len() / layout.bytes * layout.values;
+    let block = activation_block(ty).unwrap_or(SMALL_BLOCK);
+    // The vector kernels read every part of a row by raw pointer: each must be complete.
+    let whole = |a: &ActivationRow| {
+        a.qs.len() == values
+            && a.scales.len() == values / block
+            && a.sums16.len() == values / 16
+            && a.sums32.len() == values / 32
+            && a.scaled_sums32.len() == values / 32
+    };
     assert!(
         panel.len().is_multiple_of(layout.bytes)
             && out.len() == PANEL * acts.len()
-            && acts.iter().all(|a| a.qs.len() == values),
-        "a panel of {} bytes of {ty} against {} activation rows",
+            && acts.iter().all(whole),
+        "a panel of {} bytes of {ty} against {} activation rows (quantised in blocks of {block})",
         panel.len(),
         acts.len()
     );
+    assert!(
+        Isa::runnable(isa),
+        "{} kernels on a CPU without them",
+        isa.name()
+    );
     match isa {
-        // SAFETY: `Isa::available` only lists instruction sets the CPU has; the slices are as
-        // the kernels require (checked above).
+        // SAFETY: the CPU has the instruction set (checked above), and the slices are as the
+        // kernels require (checked above).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe {
             x86::panel_avx512(ty, panel, acts, out);

@@ -107,3 +107,55 @@ fn types_without_a_kernel_have_no_panels() {
     assert!(Panels::new(GgmlType::F16, &[0; 64], 1, 32).is_none());
     assert!(Panels::new(GgmlType::IQ2_XS, &[0; 66], 1, 256).is_none());
 }
+
+/// Blocks at the limits of every format (all values at their largest, Q8_0 at -128 and 127,
+/// Q6_K scales at -128, K-quant scales and mins at 63) against activations at ±127: no
+/// intermediate sum saturates or overflows on any instruction set.
+#[test]
+fn extreme_values_neither_saturate_nor_overflow() {
+    let cols = 512;
+    for ty in TYPES {
+        for fill in [0xffu8, 0x80, 0x7f] {
+            let rows = 16;
+            let mut bytes = random_rows(ty, rows, cols, 1);
+            let scale = half::f16::from_f32(0.01).to_le_bytes();
+            for b in bytes.chunks_exact_mut(ty.type_size()) {
+                let keep: &[usize] = match ty {
+                    GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => &[0],
+                    GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+                    _ => &[208],
+                };
+                b.fill(fill);
+                for &at in keep {
+                    b[at..at + 2].copy_from_slice(&scale);
+                }
+            }
+            let w = dequantize(ty, &bytes, rows * cols).expect("dequantise");
+            let panels = Panels::new(ty, &bytes, rows, cols).expect("panels");
+            let block = activation_block(ty).expect("kernel");
+            for sign in [1.0f32, -1.0] {
+                let x = vec![sign; 3 * cols];
+                let a = ActivationBlocks::quantize(&x, cols, block);
+                assert!(a.row(0).qs.iter().all(|&q| q == (127.0 * sign) as i8));
+                let acts: Vec<ActivationRow> = (0..3).map(|t| a.row(t)).collect();
+                let mut first: Option<Vec<f32>> = None;
+                for isa in Isa::available() {
+                    let mut got = vec![0.0f32; PANEL * 3];
+                    panel_dot(isa, ty, panels.panel(0), &acts, &mut got);
+                    for r in 0..rows {
+                        let want = reference(&w[r * cols..(r + 1) * cols], &a, 0);
+                        let g = got[r] as f64;
+                        assert!(
+                            (g - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{ty} fill {fill:#x} sign {sign} {isa:?} row {r}: {g} vs {want}"
+                        );
+                    }
+                    match &first {
+                        None => first = Some(got),
+                        Some(f) => assert_eq!(f, &got, "{ty} fill {fill:#x}: {isa:?} differs"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -207,7 +207,7 @@ impl CpuNetwork {
     pub fn linear_weight_bytes(&self) -> usize {
         self.linears()
             .map(|l| match self.precision {
-                Precision::Fast => l.weights.int8_bytes().max(l.weights.n_bytes()),
+                Precision::Fast => l.weights.int8_bytes(),
                 Precision::Exact => l.weights.n_bytes(),
             })
             .sum()
