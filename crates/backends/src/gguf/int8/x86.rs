@@ -58,6 +58,19 @@ const fn kind(ty: GgmlType) -> (Kind, Values) {
     }
 }
 
+/// How many k-groups' 16-bit pair sums (`w₀a₀ + w₁a₁`, |a| ≤ 127) add without overflow
+/// before widening: `run · 2 · max w · 127 ≤ 32767` (4 bits: 8 · 2 · 15 · 127 = 30480;
+/// 5 bits: 4 · 2 · 31 · 127 = 31496; 6 bits: 2 · 2 · 63 · 127 = 32004). Signed 8-bit weights
+/// widen every group.
+const fn widening_run(v: Values) -> usize {
+    match v {
+        Values::Four => 8,
+        Values::FourPlusBit => 4,
+        Values::FourPlusTwo => 2,
+        Values::Eight => 1,
+    }
+}
+
 const fn value_bytes(v: Values) -> usize {
     match v {
         Values::Four => 256,
@@ -185,6 +198,24 @@ trait Lanes: Copy {
     unsafe fn dot4<const SIGNED: bool>(acc: Self::I, w: Self::I, p: *const i8) -> Self::I;
     /// The offset a [`Lanes::signed_weights`] dot carries per unit of activation sum.
     const SIGNED_OFFSET: i32;
+    /// Whether [`Lanes::dot_runs`] is cheaper than one [`Lanes::dot4`] per k-group.
+    const WIDENS_IN_RUNS: bool = false;
+    /// `Σ_g w_g·a_g` over the unsigned k-groups `range`, widened to 32 bits once per `run`
+    /// groups (narrow partial sums added first; the caller bounds `run` so they cannot
+    /// overflow). Only called where [`Lanes::WIDENS_IN_RUNS`].
+    unsafe fn dot_runs(
+        kg: &[Self::I; 8],
+        range: std::ops::Range<usize>,
+        a: *const i8,
+        run: usize,
+    ) -> Self::I {
+        let _ = run;
+        let mut acc = Self::zero_i();
+        for g in range {
+            acc = Self::dot4::<false>(acc, kg[g], a.add(4 * g));
+        }
+        acc
+    }
     unsafe fn sub_i(v: Self::I, x: i32) -> Self::I;
     unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn cvt(v: Self::I) -> Self::F;
@@ -314,6 +345,36 @@ impl Lanes for Ymm2 {
     type I = [__m256i; 2];
     type F = [__m256; 2];
     const SIGNED_OFFSET: i32 = 0;
+    // `vpmaddubsw` leaves 16-bit pair sums; widening each k-group's with `vpmaddwd` and
+    // adding it cost two of every three instructions of a dot. Adding the 16-bit sums of a
+    // run of groups first and widening once is exact while the run's sums fit in 16 bits.
+    const WIDENS_IN_RUNS: bool = true;
+    #[inline(always)]
+    unsafe fn dot_runs(
+        kg: &[[__m256i; 2]; 8],
+        range: std::ops::Range<usize>,
+        a: *const i8,
+        run: usize,
+    ) -> [__m256i; 2] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 2];
+        let mut g = range.start;
+        while g < range.end {
+            let end = (g + run).min(range.end);
+            let mut pairs = [_mm256_setzero_si256(); 2];
+            for j in g..end {
+                let b = _mm256_set1_epi32(a.add(4 * j).cast::<i32>().read_unaligned());
+                for h in 0..2 {
+                    pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(kg[j][h], b));
+                }
+            }
+            for h in 0..2 {
+                acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(pairs[h], ones));
+            }
+            g = end;
+        }
+        acc
+    }
     #[inline(always)]
     unsafe fn zero_i() -> [__m256i; 2] {
         [_mm256_setzero_si256(); 2]
@@ -495,7 +556,11 @@ unsafe fn dot<L: Lanes, const SIGNED: bool>(
     range: std::ops::Range<usize>,
     a: *const i8,
     chains: usize,
+    run: usize,
 ) -> L::I {
+    if L::WIDENS_IN_RUNS && !SIGNED && run > 1 {
+        return L::dot_runs(kg, range, a, run);
+    }
     let mut acc = [L::zero_i(); 2];
     for (i, g) in range.enumerate() {
         let c = if chains == 2 { i % 2 } else { 0 };
@@ -566,6 +631,7 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
     let signed = values == Values::Eight;
     let off = offset(ty) + if signed { L::SIGNED_OFFSET } else { 0 };
     let vb = value_bytes(values);
+    let run = widening_run(values);
     for k in 0..blocks {
         let pb = panel.as_ptr().add(k * layout.bytes);
         if ahead {
@@ -584,9 +650,9 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
                 for r in 0..R {
                     let a = qs[r].add(32 * k);
                     let mut dt = if signed {
-                        dot::<L, true>(&kg, 0..8, a, chains(R))
+                        dot::<L, true>(&kg, 0..8, a, chains(R), run)
                     } else {
-                        dot::<L, false>(&kg, 0..8, a, chains(R))
+                        dot::<L, false>(&kg, 0..8, a, chains(R), run)
                     };
                     if off != 0 {
                         dt = L::sub_i(dt, off * *sums32[r].add(k) as i32);
@@ -607,7 +673,7 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
                     let kg = kgroups::<L>(values, pb.add(320 + sub * vb));
                     for r in 0..R {
                         let a = qs[r].add(256 * k + 32 * sub);
-                        let dt = dot::<L, false>(&kg, 0..8, a, chains(R));
+                        let dt = dot::<L, false>(&kg, 0..8, a, chains(R), run);
                         let da = *scales[r].add(k);
                         acc[r] = L::fma(L::cvt(dt), L::mul_s(deff, da), acc[r]);
                         acc[r] = L::fnma_s(meff, *scaled[r].add(8 * k + sub), acc[r]);
@@ -624,7 +690,7 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
                         for r in 0..R {
                             let a = qs[r].add(256 * k + 32 * sub);
                             let g = 4 * half..4 * half + 4;
-                            let dt = dot::<L, false>(&kg, g, a, chains(R));
+                            let dt = dot::<L, false>(&kg, g, a, chains(R), run);
                             let dt = L::sub_i(dt, 32 * *sums16[r].add(16 * k + s) as i32);
                             let da = *scales[r].add(k);
                             acc[r] = L::fma(L::cvt(dt), L::mul_s(deff, da), acc[r]);
