@@ -166,6 +166,98 @@ fn batch_equals_token_by_token(name: &str) {
     }
 }
 
+/// Passes split into pieces of `prefill_chunk` positions give the same bits as one pass:
+/// all-position logits, the last position's logits and attention, and the state the next
+/// step sees; several sessions batched together too.
+fn pieces_equal_one_pass(name: &str, precision: Precision) {
+    let r = reference(name);
+    let load_chunked = |chunk: Option<usize>| {
+        let m = Transformer::load_with(&fixture(name), &Device::flex(), precision).expect("loads");
+        match chunk {
+            Some(n) => m.with_prefill_chunk(n).expect("not shared yet"),
+            None => m,
+        }
+    };
+    let mut whole = load_chunked(None);
+    let want = whole.forward_all(&r.input_ids).expect("one pass");
+    let want_next =
+        DraftModel::forward(&mut whole, &r.extra_ids, Some(&LayerSelection::All)).expect("next");
+    for chunk in [1, 3] {
+        let mut pieces = load_chunked(Some(chunk));
+        let got = pieces.forward_all(&r.input_ids).expect("in pieces");
+        assert_eq!(got, want, "{name} {precision} chunk {chunk}: all logits");
+        let next = DraftModel::forward(&mut pieces, &r.extra_ids, Some(&LayerSelection::All))
+            .expect("next");
+        assert_eq!(
+            next.logits.to_host().expect("host"),
+            want_next.logits.to_host().expect("host"),
+            "{name} {precision} chunk {chunk}: logits after the pieces"
+        );
+        let (a, b) = (
+            next.attention.expect("attention"),
+            want_next.attention.as_ref().expect("attention"),
+        );
+        assert_eq!(a.layers.len(), b.layers.len());
+        for (x, y) in a.layers.iter().zip(&b.layers) {
+            assert_eq!(
+                x.heads, y.heads,
+                "{name} chunk {chunk}: layer {} attention",
+                x.layer
+            );
+        }
+    }
+    // Sessions of one model with feeds of different lengths, batched, in pieces of 3.
+    let base = load_chunked(Some(3));
+    let mut sessions: Vec<Box<dyn TargetModel>> =
+        (0..3).map(|_| base.fork().expect("fork")).collect();
+    let feeds: Vec<&[TokenId]> = vec![&r.input_ids, &r.input_ids[..2], &r.input_ids[..1]];
+    let got = {
+        // Pushed one by one, a coercion site (as in `sessions_batched_in_one_pass_match_separate_passes`).
+        let mut refs: Vec<&mut dyn TargetModel> = Vec::new();
+        for s in sessions.iter_mut() {
+            refs.push(s.as_mut());
+        }
+        hlm_backends::forward_all_batch(&mut refs, &feeds)
+    };
+    for (i, (got, feed)) in got.into_iter().zip(&feeds).enumerate() {
+        let mut alone = load_chunked(None);
+        let want = alone.forward_all(feed).expect("alone");
+        assert_eq!(got.expect("batched"), want, "{name}: session {i}");
+    }
+}
+
+#[test]
+fn passes_in_pieces_equal_one_pass() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        for precision in [Precision::Exact, Precision::Fast] {
+            pieces_equal_one_pass(name, precision);
+        }
+    }
+}
+
+#[test]
+fn impossible_prefill_chunk_is_refused_by_name() {
+    let ctx = hlm_core::BuildContext {
+        device: "cpu".into(),
+        models_dir: None,
+        link_toml: None,
+    };
+    for bad in [0, (1 << 16) + 1] {
+        let spec = hlm_backends::TransformerSpec {
+            model: fixture("tiny-llama").display().to_string(),
+            device: None,
+            max_context: None,
+            precision: None,
+            prefill_chunk: Some(bad),
+        };
+        let err = spec.load(&ctx).err().expect("refused").to_string();
+        assert!(
+            err.contains("prefill_chunk") && err.contains("between 1 and 65536"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn tiny_llama_prefill_and_decode() {
     prefill_and_decode_match_reference("tiny-llama");

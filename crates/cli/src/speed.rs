@@ -86,6 +86,7 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
         device: Some(args.device.clone()),
         max_context: None,
         precision: Some(precision),
+        prefill_chunk: None,
     };
     let ctx = BuildContext {
         device: args.device.clone(),

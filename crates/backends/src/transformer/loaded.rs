@@ -314,6 +314,23 @@ impl Transformer {
         self
     }
 
+    /// Run passes of more than `positions` positions in pieces (on the CPU decoder; see
+    /// [`CpuNetwork::set_prefill_chunk`]), to bound a long prompt's memory. Set it before
+    /// sessions share the weights ([`TargetModel::fork`]); burn's GPU network is unchanged.
+    pub fn with_prefill_chunk(mut self, positions: usize) -> Result<Self> {
+        if let Decoder::Cpu { net, .. } = &mut self.decoder {
+            Arc::get_mut(net)
+                .ok_or_else(|| {
+                    HlmError::Model(
+                        "prefill_chunk must be set before sessions share the model's weights"
+                            .into(),
+                    )
+                })?
+                .set_prefill_chunk(positions);
+        }
+        Ok(self)
+    }
+
     /// Bytes the linear weights take where they live (see [`WeightLayout`]).
     pub fn linear_weight_bytes(&self) -> usize {
         self.decoder.linear_weight_bytes()

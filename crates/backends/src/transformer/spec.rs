@@ -9,6 +9,7 @@ use hlm_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::cpu::MAX_PREFILL_CHUNK;
 use super::loaded::Transformer;
 use super::precision::Precision;
 
@@ -32,19 +33,37 @@ pub struct TransformerSpec {
     /// the CPU, 8-bit weights on a GPU) or `"exact"` (f32, equal to transformers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// Most positions one pass computes on the CPU (default 512): a longer prompt,
+    /// resynchronisation or verification runs in pieces of this many, so its memory stays
+    /// bounded; the results are the same for any value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_chunk: Option<usize>,
 }
 
 impl TransformerSpec {
     /// Resolve the path and device and load the model.
     pub fn load(&self, ctx: &BuildContext) -> Result<Transformer> {
+        if let Some(n) = self.prefill_chunk
+            && !(1..=MAX_PREFILL_CHUNK).contains(&n)
+        {
+            return Err(HlmError::invalid(
+                "prefill_chunk",
+                n,
+                format!("must be between 1 and {MAX_PREFILL_CHUNK} positions"),
+            ));
+        }
         let device_name = self.device.as_deref().unwrap_or(&ctx.device);
         let device = parse_device(device_name)?;
         let path = resolve_model_path(&self.model, ctx.models_dir.as_deref())?;
         let model = Transformer::load_with(&path, &device, self.precision.unwrap_or_default())?;
-        Ok(match self.max_context {
+        let model = match self.max_context {
             Some(n) => model.with_max_context(n),
             None => model,
-        })
+        };
+        match self.prefill_chunk {
+            Some(n) => model.with_prefill_chunk(n),
+            None => Ok(model),
+        }
     }
 }
 
