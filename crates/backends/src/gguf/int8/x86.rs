@@ -80,6 +80,9 @@ const fn value_bytes(v: Values) -> usize {
     }
 }
 
+/// One panel kernel: `out[t * 16 + r] = row r of panel · acts[t]`.
+type Kernel = unsafe fn(&[u8], &[ActivationRow], &mut [f32]);
+
 /// AVX-512 VNNI entry point: `out[t * 16 + r] = row r of panel · acts[t]`; `false` for a
 /// type without a kernel.
 ///
@@ -92,19 +95,7 @@ pub(crate) unsafe fn panel_avx512(
     acts: &[ActivationRow],
     out: &mut [f32],
 ) -> bool {
-    let kernel = match ty {
-        GgmlType::Q4_0 => z::q4_0,
-        GgmlType::Q4_1 => z::q4_1,
-        GgmlType::Q5_0 => z::q5_0,
-        GgmlType::Q5_1 => z::q5_1,
-        GgmlType::Q8_0 => z::q8_0,
-        GgmlType::Q4_K => z::q4_k,
-        GgmlType::Q5_K => z::q5_k,
-        GgmlType::Q6_K => z::q6_k,
-        _ => return false,
-    };
-    kernel(panel, acts, out);
-    true
+    run(z::kernel(ty), panel, acts, out)
 }
 
 /// AVX2 entry point, as [`panel_avx512`].
@@ -118,19 +109,24 @@ pub(crate) unsafe fn panel_avx2(
     acts: &[ActivationRow],
     out: &mut [f32],
 ) -> bool {
-    let kernel = match ty {
-        GgmlType::Q4_0 => y::q4_0,
-        GgmlType::Q4_1 => y::q4_1,
-        GgmlType::Q5_0 => y::q5_0,
-        GgmlType::Q5_1 => y::q5_1,
-        GgmlType::Q8_0 => y::q8_0,
-        GgmlType::Q4_K => y::q4_k,
-        GgmlType::Q5_K => y::q5_k,
-        GgmlType::Q6_K => y::q6_k,
-        _ => return false,
-    };
-    kernel(panel, acts, out);
-    true
+    run(y::kernel(ty), panel, acts, out)
+}
+
+/// Run `kernel` if there is one (the caller holds its features); whether it ran.
+#[inline(always)]
+unsafe fn run(
+    kernel: Option<Kernel>,
+    panel: &[u8],
+    acts: &[ActivationRow],
+    out: &mut [f32],
+) -> bool {
+    match kernel {
+        Some(kernel) => {
+            kernel(panel, acts, out);
+            true
+        }
+        None => false,
+    }
 }
 
 /// One function per (format, instruction set) with the features on, the generic tile loop
@@ -143,7 +139,15 @@ macro_rules! entries {
                 q8_0 Q8_0, q4_k Q4_K, q5_k Q5_K, q6_k Q6_K);
         }
     };
-    (@each $lanes:ty, $features:literal, $($name:ident $ty:ident),*) => {$(
+    (@each $lanes:ty, $features:literal, $($name:ident $ty:ident),*) => {
+        /// This instruction set's kernel for `ty`, if it has one.
+        pub(super) fn kernel(ty: GgmlType) -> Option<Kernel> {
+            match ty {
+                $(GgmlType::$ty => Some($name as Kernel),)*
+                _ => None,
+            }
+        }
+        $(
         #[target_feature(enable = $features)]
         pub(super) unsafe fn $name(panel: &[u8], acts: &[ActivationRow], out: &mut [f32]) {
             const TY: GgmlType = GgmlType::$ty;
@@ -167,7 +171,8 @@ macro_rules! entries {
                 start += count;
             }
         }
-    )*};
+    )*
+    };
 }
 entries!(
     z,
