@@ -20,8 +20,8 @@ pub mod verifier;
 
 pub use logits::DeviceLogits;
 pub use transformer::{
-    Precision, Transformer, TransformerSpec, WeightLayout, forward_all_batch, parse_device,
-    resolve_model_path,
+    Precision, Transformer, TransformerSpec, WeightLayout, forward_all_batch, forward_tail_batch,
+    parse_device, resolve_model_path,
 };
 pub use verifier::{LocalVerifier, LocalVerifierSpec, RuleChoice};
 

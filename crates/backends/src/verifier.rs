@@ -61,7 +61,9 @@ impl Verifier for LocalVerifier {
         // A stream of its own, apart from the device's streams of the same seed.
         self.rng.set_stream(16);
         self.model.truncate(0)?;
-        let mut logits = self.model.forward_all(prompt)?;
+        // Only the last position's logits are ever read: a long prompt must not cost a row
+        // of the vocabulary per token.
+        let mut logits = self.model.forward_tail(prompt, 1)?;
         self.last_logits = logits.pop();
         Ok(())
     }
@@ -72,7 +74,7 @@ impl Verifier for LocalVerifier {
         let all = if fed.is_empty() {
             Vec::new()
         } else {
-            self.model.forward_all(&fed)?
+            self.model.forward_tail(&fed, logit_rows(req))?
         };
         let mut outcome = self.conclude(req, all)?;
         outcome.compute_s = t0.elapsed().as_secs_f64();
@@ -119,27 +121,31 @@ impl LocalVerifier {
         Ok(fed)
     }
 
-    /// Judge the drafts of `req` given the logits of every fed position (`all`, as the model
-    /// returned them after [`LocalVerifier::prepare`]'s tokens were fed), and roll back.
-    fn conclude(&mut self, req: &VerifyRequest, mut all: Vec<Vec<f32>>) -> Result<VerifyOutcome> {
+    /// Judge the drafts of `req` given the logits of the last [`logit_rows`] fed positions
+    /// (`all`, as the model returned them after [`LocalVerifier::prepare`]'s tokens were
+    /// fed), and roll back.
+    fn conclude(&mut self, req: &VerifyRequest, all: Vec<Vec<f32>>) -> Result<VerifyOutcome> {
         let vocab = self.model.vocab_size();
         let fed_len = req.context.len() + req.drafts.len();
-        let base = self.model.context_len() - all.len();
+        if all.len() != logit_rows(req).min(fed_len) {
+            return Err(HlmError::Model(format!(
+                "the model returned {} rows of logits for {} wanted",
+                all.len(),
+                logit_rows(req)
+            )));
+        }
+        let base = self.model.context_len() - fed_len;
         // predictive[j] = logits predicting fed position `context.len() + j` (draft j), and the
         // last entry predicts the token after every draft.
         let nctx = req.context.len();
-        let prev = if nctx == 0 {
-            self.last_logits.take().ok_or_else(|| {
-                HlmError::Verifier("no logits for the first draft: the request has no context and the previous round ended with a new token".into())
-            })?
-        } else {
-            std::mem::take(&mut all[nctx - 1])
-        };
         let mut predictive: Vec<Vec<f32>> = Vec::with_capacity(req.drafts.len() + 1);
-        predictive.push(prev);
-        for l in all.iter_mut().skip(nctx) {
-            predictive.push(std::mem::take(l));
+        if nctx == 0 {
+            predictive.push(self.last_logits.take().ok_or_else(|| {
+                HlmError::Verifier("no logits for the first draft: the request has no context and the previous round ended with a new token".into())
+            })?);
         }
+        // With context, the first row is its last position's: it predicts the first draft.
+        predictive.extend(all);
         let mut verdicts = Vec::with_capacity(req.drafts.len() + 1);
         let mut target_probs = Vec::with_capacity(req.drafts.len());
         let mut rejected_at = None;
@@ -196,8 +202,14 @@ impl LocalVerifier {
     }
 }
 
+/// Rows of logits a verification reads: the last context position's (it predicts the first
+/// draft; without context the previous round's are kept) and each draft's.
+fn logit_rows(req: &VerifyRequest) -> usize {
+    req.drafts.len() + usize::from(!req.context.is_empty())
+}
+
 /// Verify requests of several sessions, with one model pass for all of them where their models
-/// allow it ([`forward_all_batch`]: transformers sharing weights). The same verdicts as calling
+/// allow it ([`crate::forward_tail_batch`]: transformers sharing weights). The same verdicts as calling
 /// [`Verifier::verify`] on each in turn; `compute_s` of each is its share of the pass, by fed
 /// tokens. One result per item, in order.
 pub fn verify_batch(
@@ -227,17 +239,20 @@ pub fn verify_batch(
     {
         let mut models: Vec<&mut dyn hlm_core::TargetModel> = Vec::with_capacity(running.len());
         let mut feed_refs: Vec<&[TokenId]> = Vec::with_capacity(running.len());
+        let mut tails = Vec::with_capacity(running.len());
         let mut wanted = running.iter().peekable();
-        for (i, (v, _)) in items.iter_mut().enumerate() {
+        for (i, (v, req)) in items.iter_mut().enumerate() {
             if wanted.peek() == Some(&&i) {
                 wanted.next();
                 models.push(v.model.as_mut());
                 feed_refs.push(&feeds[i]);
+                tails.push(logit_rows(req));
             }
         }
-        for (&i, r) in running
-            .iter()
-            .zip(crate::forward_all_batch(&mut models, &feed_refs))
+        for (&i, r) in
+            running
+                .iter()
+                .zip(crate::forward_tail_batch(&mut models, &feed_refs, &tails))
         {
             logits[i] = Some(r);
         }

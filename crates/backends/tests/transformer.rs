@@ -206,6 +206,21 @@ fn pieces_equal_one_pass(name: &str, precision: Precision) {
             );
         }
     }
+    // Only the rows asked for, wherever the pieces fall: the same values as those rows of
+    // every-row logits, and the same state.
+    let n = r.input_ids.len();
+    for chunk in [1, 3] {
+        for tail in [1, 2, n, n + 5] {
+            let mut m = load_chunked(Some(chunk));
+            let got = m.forward_tail(&r.input_ids, tail).expect("tail");
+            assert_eq!(
+                got,
+                want[n - tail.min(n)..],
+                "{name} {precision} chunk {chunk}: the last {tail} rows"
+            );
+            assert_eq!(TargetModel::context_len(&m), n);
+        }
+    }
     // Sessions of one model with feeds of different lengths, batched, in pieces of 3.
     let base = load_chunked(Some(3));
     let mut sessions: Vec<Box<dyn TargetModel>> =
@@ -224,6 +239,26 @@ fn pieces_equal_one_pass(name: &str, precision: Precision) {
         let want = alone.forward_all(feed).expect("alone");
         assert_eq!(got.expect("batched"), want, "{name}: session {i}");
     }
+    // The same sessions batched with a tail each.
+    let tails = [2, 1, 3];
+    let mut sessions: Vec<Box<dyn TargetModel>> =
+        (0..3).map(|_| base.fork().expect("fork")).collect();
+    let got = {
+        let mut refs: Vec<&mut dyn TargetModel> = Vec::new();
+        for s in sessions.iter_mut() {
+            refs.push(s.as_mut());
+        }
+        hlm_backends::forward_tail_batch(&mut refs, &feeds, &tails)
+    };
+    for (i, ((got, feed), tail)) in got.into_iter().zip(&feeds).zip(tails).enumerate() {
+        let want = load_chunked(None).forward_all(feed).expect("alone");
+        let from = feed.len() - tail.min(feed.len());
+        assert_eq!(
+            got.expect("batched"),
+            want[from..],
+            "{name}: session {i} tail {tail}"
+        );
+    }
 }
 
 #[test]
@@ -233,6 +268,70 @@ fn passes_in_pieces_equal_one_pass() {
             pieces_equal_one_pass(name, precision);
         }
     }
+}
+
+/// burn's network (here on flex) runs long feeds in pieces too: the same logits as one pass
+/// (to float rounding: the pieces' products have other shapes), only the rows asked for, and
+/// the same next step.
+#[test]
+fn burn_passes_in_pieces_match_one_pass() {
+    let name = "tiny-qwen2";
+    let r = reference(name);
+    let load = || {
+        Transformer::load_on_burn(&fixture(name), &Device::flex(), WeightLayout::Dense)
+            .expect("loads")
+    };
+    let close = |a: &[Vec<f32>], b: &[Vec<f32>], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}: rows");
+        for (x, y) in a.iter().zip(b) {
+            let worst = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "{what}: differs by {worst}");
+        }
+    };
+    let mut whole = load();
+    let want = whole.forward_all(&r.input_ids).expect("one pass");
+    let want_next = DraftModel::forward(&mut whole, &r.extra_ids, None)
+        .expect("next")
+        .logits
+        .to_host()
+        .expect("host");
+    let n = r.input_ids.len();
+    for tail in [1, 2, n] {
+        let mut pieces = load().with_prefill_chunk(3).expect("not shared");
+        let got = pieces.forward_tail(&r.input_ids, tail).expect("pieces");
+        close(
+            &got,
+            &want[n - tail..],
+            &format!("burn, chunk 3, last {tail} rows"),
+        );
+        let next = DraftModel::forward(&mut pieces, &r.extra_ids, None)
+            .expect("next")
+            .logits
+            .to_host()
+            .expect("host");
+        close(
+            &[next.to_vec()],
+            &[want_next.to_vec()],
+            "burn, chunk 3: the step after",
+        );
+    }
+    // A prompt longer than a piece, fed as a draft model's step.
+    let mut stepped = load().with_prefill_chunk(2).expect("not shared");
+    let last = DraftModel::forward(&mut stepped, &r.input_ids, None)
+        .expect("prompt in pieces")
+        .logits
+        .to_host()
+        .expect("host");
+    close(
+        &[last.to_vec()],
+        &want[n - 1..],
+        "burn, chunk 2: a prompt's step",
+    );
+    assert_eq!(DraftModel::context_len(&stepped), n);
 }
 
 #[test]

@@ -53,7 +53,8 @@ pub use filter::{
 pub use link::{Direction, LinkModel, Transfer};
 pub use logits::{HostLogits, NextTokenLogits};
 pub use model::{
-    BuildContext, DraftModel, DraftModelSpec, DraftStep, TargetModel, TargetModelSpec,
+    BuildContext, DraftModel, DraftModelSpec, DraftStep, MemoryProfile, TargetModel,
+    TargetModelSpec,
 };
 pub use speculative::{AcceptanceRule, GreedyMatch, Judgement, SpeculativeSampling};
 pub use stats::{RunStats, Savings, TokenEvent, TokenKind};

@@ -54,6 +54,20 @@ pub trait TargetModel: Send {
     /// Append `tokens` (at least one) in one pass and return the logits after each of them
     /// (`tokens.len()` vectors, in order).
     fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>>;
+    /// Append `tokens` (at least one) and return the logits after each of the last `rows` of
+    /// them (all of them when fewer were fed), in order. A prompt needs one row, not one per
+    /// token: a model that can, computes only the rows asked for (the default computes every
+    /// row and keeps the tail).
+    fn forward_tail(&mut self, tokens: &[TokenId], rows: usize) -> Result<Vec<Vec<f32>>> {
+        let mut all = self.forward_all(tokens)?;
+        let keep = rows.min(all.len());
+        Ok(all.split_off(all.len() - keep))
+    }
+    /// What the model's memory grows with, for a server that states its worst case; `None`
+    /// (the default) when the model cannot say.
+    fn memory_profile(&self) -> Option<MemoryProfile> {
+        None
+    }
     /// Roll the KV state back to `len` tokens.
     fn truncate(&mut self, len: usize) -> Result<()>;
     /// The tokenizer, when the model carries one.
@@ -74,6 +88,25 @@ pub trait TargetModel: Send {
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
+}
+
+/// The memory a target model needs, in parts that a server multiplies by its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryProfile {
+    /// The weights, shared by every session.
+    pub weight_bytes: u64,
+    /// KV state per position held, in the buffers' worst case (growth slack included).
+    pub kv_bytes_per_position: u64,
+    /// Positions a session's KV buffers may hold beyond that (their smallest growth step).
+    pub kv_positions_per_session_slack: u64,
+    /// Working memory of one pass per position it computes (activations).
+    pub pass_bytes_per_position: u64,
+    /// Working memory of one pass per position of context it attends to (score rows).
+    pub attention_bytes_per_context_position: u64,
+    /// Most positions one pass computes (longer feeds run in pieces); `None` if unbounded.
+    pub pass_positions: Option<usize>,
+    /// One row of logits (`vocab × 4` bytes).
+    pub logits_bytes_per_row: u64,
 }
 
 /// Where components are built: the device string of the pipeline and the models folder.

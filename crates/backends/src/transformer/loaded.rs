@@ -10,7 +10,7 @@ use hlm_core::{
 };
 
 use super::config::TransformerConfig;
-use super::cpu::{CpuNetwork, HostKvCache};
+use super::cpu::{CpuNetwork, DEFAULT_PREFILL_CHUNK, HostKvCache, MAX_PREFILL_CHUNK};
 use super::kv_cache::KvCache;
 use super::model::{LogitRows, Network, WeightLayout};
 use super::precision::Precision;
@@ -101,6 +101,8 @@ enum Decoder {
     Burn {
         net: Arc<Network>,
         cache: KvCache,
+        /// Most positions one pass computes (longer feeds run in pieces, as on the CPU).
+        chunk: usize,
     },
 }
 
@@ -133,9 +135,10 @@ impl Decoder {
                 net: Arc::clone(net),
                 cache: net.new_cache(),
             },
-            Decoder::Burn { net, .. } => Decoder::Burn {
+            Decoder::Burn { net, chunk, .. } => Decoder::Burn {
                 net: Arc::clone(net),
                 cache: KvCache::new(net.config().n_layers),
+                chunk: *chunk,
             },
         }
     }
@@ -173,7 +176,7 @@ impl Decoder {
     ) -> Result<(Box<dyn NextTokenLogits>, Vec<LayerAttention>)> {
         match self {
             Decoder::Cpu { net, cache } => {
-                let mut out = net.forward_batch(&mut [(tokens, cache)], true, layers)?;
+                let mut out = net.forward_batch(&mut [(tokens, cache)], &[1], layers)?;
                 let out = out.pop().ok_or_else(no_output)?;
                 let logits: Arc<[f32]> =
                     out.logits.into_iter().next().ok_or_else(no_output)?.into();
@@ -188,24 +191,67 @@ impl Decoder {
                     out.attention,
                 ))
             }
-            Decoder::Burn { net, cache } => {
-                let out = net.forward(tokens, cache, LogitRows::LastOnDevice, layers)?;
+            Decoder::Burn { net, cache, chunk } => {
+                // A long feed (a prompt) runs in pieces; only the last piece's last position
+                // gets logits and attention.
+                let past = cache.len();
+                let (head, last) = tokens.split_at(tokens.len() - tokens.len().min(*chunk));
+                let out = head
+                    .chunks(*chunk)
+                    .try_for_each(|piece| net.forward(piece, cache, LogitRows::Last, &[]).map(drop))
+                    .and_then(|()| net.forward(last, cache, LogitRows::LastOnDevice, layers));
+                let out = out.inspect_err(|_| cache.truncate(past))?;
                 let logits = out.device_logits.ok_or_else(no_output)?;
                 Ok((Box::new(DeviceLogits::new(logits)), out.attention))
             }
         }
     }
 
-    /// Feed `tokens`; the logits after each of them.
-    fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>> {
+    /// Feed `tokens`; the logits after each of the last `tail` of them.
+    fn forward_tail(&mut self, tokens: &[TokenId], tail: usize) -> Result<Vec<Vec<f32>>> {
         match self {
             Decoder::Cpu { net, cache } => {
-                let mut out = net.forward_batch(&mut [(tokens, cache)], false, &[])?;
+                let mut out = net.forward_batch(&mut [(tokens, cache)], &[tail], &[])?;
                 Ok(out.pop().ok_or_else(no_output)?.logits)
             }
-            Decoder::Burn { net, cache } => {
-                Ok(net.forward(tokens, cache, LogitRows::All, &[])?.logits)
+            Decoder::Burn { net, cache, chunk } => burn_pieces(net, cache, tokens, tail, *chunk),
+        }
+    }
+}
+
+/// [`Decoder::forward_tail`] on burn: passes of at most `chunk` positions (a pass's attention
+/// scores grow with its positions times the context), logits only where the tail falls. On
+/// error the cache is back where it was.
+fn burn_pieces(
+    net: &Network,
+    cache: &mut KvCache,
+    tokens: &[TokenId],
+    tail: usize,
+    chunk: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let past = cache.len();
+    let wanted_from = tokens.len() - tail.min(tokens.len());
+    let mut logits = Vec::with_capacity(tail.min(tokens.len()));
+    let chunk = chunk.max(1);
+    let mut run = || -> Result<()> {
+        for (k, piece) in tokens.chunks(chunk).enumerate() {
+            let start = k * chunk;
+            let end = start + piece.len();
+            if end <= wanted_from {
+                net.forward(piece, cache, LogitRows::Last, &[])?;
+            } else {
+                let rows = net.forward(piece, cache, LogitRows::All, &[])?.logits;
+                let skip = wanted_from.saturating_sub(start);
+                logits.extend(rows.into_iter().skip(skip));
             }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => Ok(logits),
+        Err(e) => {
+            cache.truncate(past);
+            Err(e)
         }
     }
 }
@@ -314,21 +360,30 @@ impl Transformer {
         self
     }
 
-    /// Run passes of more than `positions` positions in pieces (on the CPU decoder; see
-    /// [`CpuNetwork::set_prefill_chunk`]), to bound a long prompt's memory. Set it before
-    /// sessions share the weights ([`TargetModel::fork`]); burn's GPU network is unchanged.
+    /// Run passes of more than `positions` positions in pieces (see
+    /// [`CpuNetwork::set_prefill_chunk`]; burn's network likewise), to bound a long prompt's
+    /// memory. Set it before sessions share the weights ([`TargetModel::fork`]).
     pub fn with_prefill_chunk(mut self, positions: usize) -> Result<Self> {
-        if let Decoder::Cpu { net, .. } = &mut self.decoder {
-            Arc::get_mut(net)
+        match &mut self.decoder {
+            Decoder::Cpu { net, .. } => Arc::get_mut(net)
                 .ok_or_else(|| {
                     HlmError::Model(
                         "prefill_chunk must be set before sessions share the model's weights"
                             .into(),
                     )
                 })?
-                .set_prefill_chunk(positions);
+                .set_prefill_chunk(positions),
+            Decoder::Burn { chunk, .. } => *chunk = positions.clamp(1, MAX_PREFILL_CHUNK),
         }
         Ok(self)
+    }
+
+    /// Most positions one pass computes.
+    pub fn prefill_chunk(&self) -> usize {
+        match &self.decoder {
+            Decoder::Cpu { net, .. } => net.prefill_chunk(),
+            Decoder::Burn { chunk, .. } => *chunk,
+        }
     }
 
     /// Bytes the linear weights take where they live (see [`WeightLayout`]).
@@ -408,6 +463,7 @@ fn burn_decoder(net: Network) -> Decoder {
     Decoder::Burn {
         cache: KvCache::new(net.config().n_layers),
         net: Arc::new(net),
+        chunk: DEFAULT_PREFILL_CHUNK,
     }
 }
 
@@ -474,8 +530,39 @@ impl TargetModel for Transformer {
     }
 
     fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>> {
+        self.forward_tail(tokens, usize::MAX)
+    }
+
+    fn forward_tail(&mut self, tokens: &[TokenId], rows: usize) -> Result<Vec<Vec<f32>>> {
         self.check_feed(tokens)?;
-        self.decoder.forward_all(tokens)
+        self.decoder.forward_tail(tokens, rows)
+    }
+
+    fn memory_profile(&self) -> Option<hlm_core::MemoryProfile> {
+        // burn's network keeps its state on the GPU, in burn's own allocations.
+        let Decoder::Cpu { net, .. } = &self.decoder else {
+            return None;
+        };
+        let cfg = self.config();
+        let f32s = std::mem::size_of::<f32>() as u64;
+        let (hidden, d) = (cfg.hidden_size as u64, cfg.head_dim as u64);
+        let (q_dim, kv_dim) = (cfg.n_heads as u64 * d, cfg.n_kv_heads as u64 * d);
+        // Per position of a pass: the residual stream, its norm, q|k|v, the attention output,
+        // gate|up and their product.
+        let activations =
+            3 * hidden + q_dim + 2 * kv_dim + q_dim + 3 * cfg.intermediate_size as u64;
+        Some(hlm_core::MemoryProfile {
+            weight_bytes: (net.linear_weight_bytes() + net.embedding_bytes()) as u64,
+            kv_bytes_per_position: HostKvCache::worst_case_bytes(
+                cfg.n_layers as u64 * 2 * kv_dim * f32s,
+            ),
+            kv_positions_per_session_slack: super::cpu::KV_MIN_GROWTH as u64,
+            pass_bytes_per_position: activations * f32s,
+            // Each head's scores over the context (the heads run in parallel).
+            attention_bytes_per_context_position: cfg.n_heads as u64 * f32s,
+            pass_positions: Some(self.prefill_chunk()),
+            logits_bytes_per_row: cfg.vocab_size as u64 * f32s,
+        })
     }
 
     fn truncate(&mut self, len: usize) -> Result<()> {
@@ -504,14 +591,29 @@ impl TargetModel for Transformer {
     }
 }
 
-/// Run `forward_all` for several target models in one pass when they are [`Transformer`]s that
-/// share their weights (forks of one model, as a server's sessions are); otherwise one pass per
-/// model. One result per model: a model whose feed is invalid (empty, over its context) fails
-/// alone before the batch runs.
+/// [`TargetModel::forward_all`] for several target models: [`forward_tail_batch`] with every
+/// row.
 pub fn forward_all_batch(
     models: &mut [&mut dyn TargetModel],
     feeds: &[&[TokenId]],
 ) -> Vec<Result<Vec<Vec<f32>>>> {
+    forward_tail_batch(models, feeds, &vec![usize::MAX; feeds.len()])
+}
+
+/// Run [`TargetModel::forward_tail`] for several target models (model `i` feeds `feeds[i]`
+/// and gets the logits of its last `tails[i]` positions) in one pass when they are
+/// [`Transformer`]s that share their weights (forks of one model, as a server's sessions
+/// are); otherwise one pass per model. One result per model: a model whose feed is invalid
+/// (empty, over its context) fails alone before the batch runs.
+pub fn forward_tail_batch(
+    models: &mut [&mut dyn TargetModel],
+    feeds: &[&[TokenId]],
+    tails: &[usize],
+) -> Vec<Result<Vec<Vec<f32>>>> {
+    assert!(
+        models.len() == feeds.len() && feeds.len() == tails.len(),
+        "one feed and one tail per model"
+    );
     let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = (0..models.len()).map(|_| None).collect();
     // Transformers on the first one's weights, with a valid feed, go into the batch.
     let mut batch: Vec<(usize, &mut Transformer)> = Vec::new();
@@ -531,7 +633,7 @@ pub fn forward_all_batch(
         }
     }
     if batch.len() > 1 {
-        let outs = run_batch(&mut batch, feeds);
+        let outs = run_batch(&mut batch, feeds, tails);
         match outs {
             Ok(outs) => {
                 for ((i, _), logits) in batch.iter().zip(outs) {
@@ -549,16 +651,17 @@ pub fn forward_all_batch(
     models
         .iter_mut()
         .zip(results)
-        .zip(feeds)
-        .map(|((m, r), feed)| r.unwrap_or_else(|| m.forward_all(feed)))
+        .zip(feeds.iter().zip(tails))
+        .map(|((m, r), (feed, &tail))| r.unwrap_or_else(|| m.forward_tail(feed, tail)))
         .collect()
 }
 
-/// One pass over transformers that share their weights; the logits of every fed position of
-/// each.
+/// One pass over transformers that share their weights; the logits of the last `tails[i]`
+/// fed positions of each.
 fn run_batch(
     batch: &mut [(usize, &mut Transformer)],
     feeds: &[&[TokenId]],
+    tails: &[usize],
 ) -> Result<Vec<Vec<Vec<f32>>>> {
     let Some((_, first)) = batch.first() else {
         return Ok(Vec::new());
@@ -567,16 +670,35 @@ fn run_batch(
         Decoder::Cpu { net, .. } => {
             let net = Arc::clone(net);
             let mut seqs: Vec<(&[TokenId], &mut HostKvCache)> = Vec::new();
+            let mut seq_tails = Vec::new();
             for (i, t) in batch.iter_mut() {
                 if let Decoder::Cpu { cache, .. } = &mut t.decoder {
                     seqs.push((feeds[*i], cache));
+                    seq_tails.push(tails[*i]);
                 }
             }
-            let outs = net.forward_batch(&mut seqs, false, &[])?;
+            let outs = net.forward_batch(&mut seqs, &seq_tails, &[])?;
             Ok(outs.into_iter().map(|o| o.logits).collect())
         }
-        Decoder::Burn { net, .. } => {
-            let net = Arc::clone(net);
+        Decoder::Burn { net, chunk, .. } => {
+            let (net, chunk) = (Arc::clone(net), *chunk);
+            // burn's batched pass is not split into pieces: a batch holding a long feed runs
+            // one sequence at a time, in pieces.
+            if batch.iter().any(|(i, _)| feeds[*i].len() > chunk) {
+                let pasts: Vec<usize> =
+                    batch.iter().map(|(_, t)| t.decoder.context_len()).collect();
+                let outs: Result<Vec<_>> = batch
+                    .iter_mut()
+                    .map(|(i, t)| t.decoder.forward_tail(feeds[*i], tails[*i]))
+                    .collect();
+                if outs.is_err() {
+                    // As a batched pass: all or nothing.
+                    for ((_, t), &past) in batch.iter_mut().zip(&pasts) {
+                        t.decoder.truncate(past);
+                    }
+                }
+                return outs;
+            }
             let mut seqs: Vec<(&[TokenId], &mut KvCache)> = Vec::new();
             for (i, t) in batch.iter_mut() {
                 if let Decoder::Burn { cache, .. } = &mut t.decoder {
@@ -584,7 +706,15 @@ fn run_batch(
                 }
             }
             let outs = net.forward_batch(&mut seqs, LogitRows::All, &[])?;
-            Ok(outs.into_iter().map(|o| o.logits).collect())
+            Ok(outs
+                .into_iter()
+                .zip(batch.iter())
+                .map(|(o, (i, _))| {
+                    let keep = tails[*i].min(o.logits.len());
+                    let mut rows = o.logits;
+                    rows.split_off(rows.len() - keep)
+                })
+                .collect())
         }
     }
 }

@@ -2,9 +2,16 @@
 //!
 //! Each layer keeps one growing buffer for keys and one for values, `[position, kv_head,
 //! head_dim]`: appending a token writes its rows at the end (amortised by the buffer's own
-//! doubling, never by concatenating tensors), and a rollback only shortens the buffers. The
+//! growth, never by concatenating tensors), and a rollback only shortens the buffers. The
 //! capacity can be reserved up front ([`HostKvCache::reserve`]) so a run of known length never
 //! reallocates.
+//!
+//! Buffers grow by a quarter (at least [`MIN_GROWTH`] positions) rather than by `Vec`'s
+//! doubling: a server states its worst-case memory from the capacity its sessions may hold,
+//! and 1.25 × a long context is what it can afford where 2 × is not.
+
+/// Positions a buffer grows by at least.
+pub const MIN_GROWTH: usize = 64;
 
 /// The KV state of one sequence.
 #[derive(Debug, Clone)]
@@ -48,8 +55,24 @@ impl HostKvCache {
 
     /// Append one layer's new keys and values (`[new, width]` each).
     pub fn append(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
-        self.keys[layer].extend_from_slice(keys);
-        self.values[layer].extend_from_slice(values);
+        let min = MIN_GROWTH * self.width;
+        for (buf, new) in [
+            (&mut self.keys[layer], keys),
+            (&mut self.values[layer], values),
+        ] {
+            let need = buf.len() + new.len();
+            if need > buf.capacity() {
+                let target = need.max(buf.len() + buf.len() / 4).max(min);
+                buf.reserve_exact(target - buf.len());
+            }
+            buf.extend_from_slice(new);
+        }
+    }
+
+    /// The most bytes a cache may hold per position it holds, for positions of
+    /// `bytes_per_position` bytes: the growth of a quarter (plus one position of rounding).
+    pub fn worst_case_bytes(bytes_per_position: u64) -> u64 {
+        bytes_per_position + bytes_per_position.div_ceil(4)
     }
 
     /// Every key and value of `layer`, appended ones included: `[positions, width]`.

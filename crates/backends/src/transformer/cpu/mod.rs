@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use hlm_core::{HlmError, LayerAttention, Result, TokenId};
 
-pub use kv_cache::HostKvCache;
+pub use kv_cache::{HostKvCache, MIN_GROWTH as KV_MIN_GROWTH};
 
 use self::attention::{AttentionShape, Context, Queries, attend};
 use super::config::TransformerConfig;
@@ -236,26 +236,39 @@ impl CpuNetwork {
             .sum()
     }
 
+    /// Bytes of the embedding table (in its file form).
+    pub fn embedding_bytes(&self) -> usize {
+        self.embedding.n_bytes()
+    }
+
     /// Feed several independent sequences (each with its own cache and past length) in one
     /// pass: their tokens are stacked so every projection and MLP is one product over all of
     /// them (the weights are read once per layer), while attention runs per sequence over
-    /// its own keys. With `last_only`, each sequence gets the logits of its last position,
-    /// else of every fed one. One output per sequence, in order. On error every cache is left
-    /// as it was.
+    /// its own keys. Sequence `i` gets the logits of its last `tails[i]` fed positions (1
+    /// for a draft step or a prompt, every position with `usize::MAX`): the vocabulary
+    /// projection is the widest product of a pass, and a row nobody reads is never computed.
+    /// One output per sequence, in order. On error every cache is left as it was.
     pub fn forward_batch(
         &self,
         seqs: &mut [(&[TokenId], &mut HostKvCache)],
-        last_only: bool,
+        tails: &[usize],
         attention_layers: &[usize],
     ) -> Result<Vec<CpuOutput>> {
         if seqs.is_empty() || seqs.iter().any(|(t, _)| t.is_empty()) {
             return Err(HlmError::Model("forward needs at least one token".into()));
         }
+        if tails.len() != seqs.len() {
+            return Err(HlmError::Model(format!(
+                "{} logit tails for {} sequences",
+                tails.len(),
+                seqs.len()
+            )));
+        }
         let pasts: Vec<usize> = seqs.iter().map(|(_, c)| c.len()).collect();
         // The whole pass runs on the decoder's pool, so that each product's split over the
         // cores is a work-stealing join between threads that are already awake, not a wake-up
         // of the pool and of the caller per product.
-        let mut run = || self.forward_in_pieces(seqs, last_only, attention_layers);
+        let mut run = || self.forward_in_pieces(seqs, tails, attention_layers);
         let out = match pool() {
             Some(pool) => pool.install(run),
             None => run(),
@@ -271,15 +284,22 @@ impl CpuNetwork {
     /// The passes of [`CpuNetwork::forward_batch`], each of at most `prefill_chunk`
     /// positions: sequences are packed in order, and one longer than a pass is split (a
     /// sequence never appears twice in one pass, since its first piece then filled it).
-    /// Each pass commits its positions, so the next one attends to them.
+    /// Each pass commits its positions, so the next one attends to them, and computes the
+    /// logits of the wanted tail positions that fall in it.
     fn forward_in_pieces(
         &self,
         seqs: &mut [(&[TokenId], &mut HostKvCache)],
-        last_only: bool,
+        tails: &[usize],
         attention_layers: &[usize],
     ) -> Result<Vec<CpuOutput>> {
         let chunk = self.prefill_chunk;
         let lens: Vec<usize> = seqs.iter().map(|(t, _)| t.len()).collect();
+        // The first position of each sequence that gets logits.
+        let wanted_from: Vec<usize> = lens
+            .iter()
+            .zip(tails)
+            .map(|(&len, &tail)| len - tail.min(len))
+            .collect();
         // (sequence, token range) of every pass.
         let mut passes: Vec<Vec<(usize, std::ops::Range<usize>)>> = vec![Vec::new()];
         let mut filled = 0;
@@ -307,27 +327,24 @@ impl CpuNetwork {
             .collect();
         for pass in &passes {
             let mut members: Vec<(&[TokenId], &mut HostKvCache)> = Vec::with_capacity(pass.len());
+            let mut member_tails = Vec::with_capacity(pass.len());
             let mut next = pass.iter().peekable();
             for (i, (tokens, cache)) in seqs.iter_mut().enumerate() {
                 if let Some((_, range)) = next.next_if(|(j, _)| *j == i) {
                     let tokens: &[TokenId] = tokens;
                     members.push((&tokens[range.clone()], &mut **cache));
+                    // The wanted positions are a suffix: those in this piece are its last ones.
+                    member_tails.push(range.end - range.start.max(wanted_from[i]).min(range.end));
                 }
             }
-            let outs = self.forward_uncommitted(&mut members, last_only, attention_layers)?;
+            let outs = self.forward_uncommitted(&mut members, &member_tails, attention_layers)?;
             for ((tokens, cache), (&(i, ref range), out)) in
                 members.iter_mut().zip(pass.iter().zip(outs))
             {
                 cache.commit(cache.len() + tokens.len());
                 let whole = &mut outputs[i];
                 let ends_sequence = range.end == lens[i];
-                if last_only {
-                    if ends_sequence {
-                        whole.logits = out.logits;
-                    }
-                } else {
-                    whole.logits.extend(out.logits);
-                }
+                whole.logits.extend(out.logits);
                 if ends_sequence {
                     whole.attention = out.attention;
                 }
@@ -336,10 +353,12 @@ impl CpuNetwork {
         Ok(outputs)
     }
 
+    /// One pass; sequence `j` gets the logits of its last `tails[j]` positions (at most its
+    /// length).
     fn forward_uncommitted(
         &self,
         seqs: &mut [(&[TokenId], &mut HostKvCache)],
-        last_only: bool,
+        tails: &[usize],
         attention_layers: &[usize],
     ) -> Result<Vec<CpuOutput>> {
         let cfg = &self.cfg;
@@ -407,30 +426,35 @@ impl CpuNetwork {
             let down = block.down.forward(&gated, n, self.precision)?;
             add(&mut x, &down);
         }
-        // The rows that get logits: per sequence all of them, or only its last.
-        let picked: Vec<f32> = if last_only {
-            layout
-                .iter()
-                .flat_map(|(off, seq, ..)| x[(off + seq - 1) * hidden..(off + seq) * hidden].iter())
-                .copied()
-                .collect()
-        } else {
-            x
-        };
+        // The rows that get logits: the last `tails[j]` of each sequence.
+        let tails: Vec<usize> = layout
+            .iter()
+            .zip(tails)
+            .map(|((_, seq, ..), &tail)| tail.min(*seq))
+            .collect();
+        let picked: Vec<f32> = layout
+            .iter()
+            .zip(&tails)
+            .flat_map(|((off, seq, ..), tail)| {
+                x[(off + seq - tail) * hidden..(off + seq) * hidden].iter()
+            })
+            .copied()
+            .collect();
         let n_rows = picked.len() / hidden;
-        let mut normed = vec![0.0f32; picked.len()];
-        ops::rms_norm(&picked, &self.final_norm, cfg.rms_eps, &mut normed);
-        let logits = self.lm_head.forward(&normed, n_rows, self.precision)?;
+        let logits = if n_rows == 0 {
+            Vec::new()
+        } else {
+            let mut normed = vec![0.0f32; picked.len()];
+            ops::rms_norm(&picked, &self.final_norm, cfg.rms_eps, &mut normed);
+            self.lm_head.forward(&normed, n_rows, self.precision)?
+        };
         let vocab = cfg.vocab_size;
         let mut rows = logits.chunks_exact(vocab).map(<[f32]>::to_vec);
-        Ok(layout
+        Ok(tails
             .iter()
             .zip(attention)
-            .map(|((_, seq, ..), attention)| CpuOutput {
-                logits: rows
-                    .by_ref()
-                    .take(if last_only { 1 } else { *seq })
-                    .collect(),
+            .map(|(&tail, attention)| CpuOutput {
+                logits: rows.by_ref().take(tail).collect(),
                 attention,
             })
             .collect())
