@@ -508,7 +508,16 @@ impl Verifier for RemoteVerifier {
                     compute_s,
                     target_probs,
                 };
-                outcome.validate(request)?;
+                if let Err(e) = check_answer(&outcome, request, vocab) {
+                    // A server that answers nonsense is a faulty verifier, not a source of
+                    // output: drop it and go on as while it is unreachable.
+                    self.drop_connection();
+                    return Err(HlmError::VerifierUnavailable(format!(
+                        "verify: the server at {} answered inconsistently, dropping the \
+                         connection: {e}",
+                        self.addr
+                    )));
+                }
                 let stood = outcome
                     .verdicts
                     .iter()
@@ -533,6 +542,47 @@ impl Verifier for RemoteVerifier {
             None => format!("remote verifier at {} (not reached yet)", self.addr),
         }
     }
+}
+
+/// Whether a server's verdicts can be believed for `request`: their shape (one per judged
+/// draft, a resample last, a bonus only when asked), token ids in the vocabulary, the
+/// probabilities and the times real numbers in range.
+fn check_answer(outcome: &VerifyOutcome, request: &VerifyRequest, vocab: usize) -> Result<()> {
+    outcome.validate(request)?;
+    let bad = |m: String| Err(HlmError::Verifier(m));
+    for v in &outcome.verdicts {
+        if let Verdict::Resampled(t) | Verdict::Bonus(t) = v
+            && *t as usize >= vocab
+        {
+            return bad(format!("token {t} is outside the vocabulary of {vocab}"));
+        }
+    }
+    if !(outcome.compute_s.is_finite() && outcome.compute_s >= 0.0) {
+        return bad(format!("compute time {} s", outcome.compute_s));
+    }
+    let fed = request.context.len() + request.drafts.len();
+    if outcome.server_tokens > fed as u64 + 1 {
+        return bad(format!(
+            "{} server tokens for a request of {fed}",
+            outcome.server_tokens
+        ));
+    }
+    if outcome.target_probs.len() > request.drafts.len() {
+        return bad(format!(
+            "{} target probabilities for {} drafts",
+            outcome.target_probs.len(),
+            request.drafts.len()
+        ));
+    }
+    if let Some(p) = outcome
+        .target_probs
+        .iter()
+        .flatten()
+        .find(|p| !(0.0..=1.0).contains(*p))
+    {
+        return bad(format!("target probability {p}"));
+    }
+    Ok(())
 }
 
 impl Drop for RemoteVerifier {

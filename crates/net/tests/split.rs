@@ -325,3 +325,84 @@ fn a_server_with_another_model_is_refused_by_name() {
         "{e}"
     );
 }
+
+/// A server that answers with well-formed frames whose content is impossible (a resampled
+/// token outside the vocabulary, a negative compute time): the device treats it as a faulty
+/// verifier and keeps generating on its own; nothing of the answers reaches the output.
+#[test]
+fn a_server_answering_nonsense_is_a_fault_not_output() {
+    use hlm_core::Verdict;
+    use hlm_net::protocol::{Request, Response, ServerInfo};
+    use hlm_net::wire::{read_frame, write_frame};
+    for bad in [
+        (vec![Verdict::Resampled(9999)], 0.0),
+        (vec![Verdict::Resampled(1)], -1.0),
+    ] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::clone(&done);
+        let liar = std::thread::spawn(move || {
+            let mut answered_verifies = 0;
+            // Every connection the client opens, until the run is over.
+            listener.set_nonblocking(true).expect("nonblocking accept");
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                while let Ok((r, _)) = read_frame::<_, Request>(&mut s, 1 << 24) {
+                    let answer = match r {
+                        Request::Hello => Response::Info(ServerInfo {
+                            model: "a liar".into(),
+                            vocab_size: 64,
+                            max_context: 128,
+                            tokenizer_fingerprint: None,
+                            max_message_bytes: 1 << 23,
+                            max_sessions: 4,
+                        }),
+                        Request::Begin(_) => Response::Begun { session: 1 },
+                        Request::Sync { tokens, .. } => Response::Synced {
+                            context_len: tokens.len() as u64,
+                        },
+                        Request::Verify(_) => {
+                            answered_verifies += 1;
+                            Response::Verdicts {
+                                verdicts: bad.0.clone(),
+                                server_tokens: 1,
+                                compute_s: bad.1,
+                                target_probs: vec![Some(0.5)],
+                            }
+                        }
+                        Request::End { .. } => Response::Ended {
+                            stats: Default::default(),
+                        },
+                    };
+                    if write_frame(&mut s, &answer).is_err() {
+                        break;
+                    }
+                }
+            }
+            answered_verifies
+        });
+        let text = config(
+            &remote_verifier(&addr, FAIL_FAST),
+            "type = \"always\"",
+            "type = \"dense\"",
+            "",
+        );
+        let report = run(&text, &["generation.max_new_tokens=6".to_string()]);
+        assert_eq!(report.generated_ids.len(), 6);
+        assert!(report.generated_ids.iter().all(|&t| t < 64));
+        assert!(
+            report.kinds.iter().all(|k| *k == TokenKind::Unverified),
+            "{:?}",
+            report.kinds
+        );
+        assert!(report.stats.verifier_faults >= 1);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(liar.join().expect("the liar") >= 1, "never asked to verify");
+    }
+}
