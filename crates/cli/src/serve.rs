@@ -61,18 +61,30 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let listener = std::net::TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let info = server.info().clone();
+    let budget = server.memory_budget();
+    let limits = &cfg.limits;
     let handle = server
         .spawn(listener)
         .context("cannot start the server threads")?;
     eprintln!(
-        "hlm serve: listening on {} (protocol v{}); {}; vocab {}, max context {}, up to {} sessions",
+        "hlm serve: listening on {} (protocol v{}); {}; vocab {}, max context {}, up to {} sessions \
+         ({} per connection), {} connections, {} tokens per request",
         handle.addr(),
         hlm_net::wire::PROTOCOL_VERSION,
         info.model,
         info.vocab_size,
         info.max_context,
-        info.max_sessions
+        info.max_sessions,
+        limits.max_sessions_per_connection,
+        limits.max_connections,
+        limits.max_request_tokens,
     );
-    handle.wait();
+    match budget {
+        Some(b) => eprintln!("hlm serve: worst-case memory of these limits: {b}"),
+        None => eprintln!("hlm serve: this model cannot state its memory; no worst case known"),
+    }
+    handle
+        .wait()
+        .context("hlm serve cannot go on serving (see the log above)")?;
     Ok(())
 }

@@ -498,6 +498,26 @@ fn serve_reports_bad_configs_and_addresses() {
         "not-an-address",
     ]);
     assert_fails_naming(&o, "cannot listen on not-an-address");
+    // A limit out of its range is refused by name, by `hlm config check` as by `hlm serve`,
+    // before the model loads (it used to pass the check and then stop the model worker
+    // while the server went on listening).
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\ntype = \"transformer\"\nmodel = {:?}\n[limits]\nidle_timeout_s = 1e300\n",
+            fixtures().join("tiny-qwen2").display().to_string()
+        ),
+    )
+    .expect("write");
+    let o = hlm(&["serve", "--config", &cfg.to_string_lossy()]);
+    assert_fails_naming(&o, "limits.idle_timeout_s");
+    let o = hlm(&["config", "check", &cfg.to_string_lossy()]);
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains("limits.idle_timeout_s"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 /// Method configs slm, llm, hlm, random of the fixtures in `dir`, and two id prompts.

@@ -17,7 +17,7 @@
 //! let cfg = hlm_net::ServerConfig::load("configs/server.toml".as_ref())?;
 //! let server = cfg.build(&hlm_core::BuildContext::default())?;
 //! let listener = std::net::TcpListener::bind("127.0.0.1:7070").expect("bind");
-//! server.spawn(listener).expect("threads").wait();
+//! server.spawn(listener).expect("threads").wait().expect("the model worker failed");
 //! # Ok(()) }
 //! ```
 
@@ -29,7 +29,9 @@ pub mod wire;
 
 pub use client::{RemoteVerifier, RemoteVerifierSpec};
 pub use emulation::LinkEmulator;
-pub use server::{Server, ServerConfig, ServerCounters, ServerHandle, ServerLimits};
+pub use server::{
+    MemoryBudget, Server, ServerConfig, ServerCounters, ServerFailed, ServerHandle, ServerLimits,
+};
 
 /// Make sure the plug-ins of this crate (`type = "remote"`) are linked into a binary that only
 /// names them in config files.

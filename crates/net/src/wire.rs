@@ -85,20 +85,28 @@ pub fn read_header<R: Read>(r: &mut R, max_body: usize) -> Result<usize, WireErr
     Ok(len)
 }
 
+/// A frame body's first allocation; it grows from there as bytes arrive.
+const BODY_CHUNK: usize = 64 << 10;
+
 /// Read one frame; returns the message and the bytes read (header included).
 pub fn read_frame<R: Read, M: DeserializeOwned>(
     r: &mut R,
     max_body: usize,
 ) -> Result<(M, usize), WireError> {
     let len = read_header(r, max_body)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            WireError::Malformed(format!("the frame announced {len} bytes, the stream ended"))
-        } else {
-            WireError::Io(e)
-        }
-    })?;
+    // The body grows as its bytes arrive: announcing a large frame and sending nothing
+    // claims no memory.
+    let mut body = Vec::with_capacity(len.min(BODY_CHUNK));
+    let got = r
+        .by_ref()
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(WireError::Io)?;
+    if got < len {
+        return Err(WireError::Malformed(format!(
+            "the frame announced {len} bytes, the stream ended after {got}"
+        )));
+    }
     let msg = postcard::from_bytes(&body).map_err(|e| WireError::Malformed(e.to_string()))?;
     Ok((msg, HEADER_BYTES + len))
 }

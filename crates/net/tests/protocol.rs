@@ -3,75 +3,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hlm_core::{ProbQuantization, UploadPayload};
-use hlm_net::protocol::{Begin, ErrorCode, Request, Response, Verify, WireDraft};
+use hlm_net::ServerLimits;
+use hlm_net::protocol::{ErrorCode, Request, Response, Verify, WireDraft};
 use hlm_net::wire::{PackedPayload, read_frame, write_frame};
-use hlm_net::{ServerHandle, ServerLimits};
 use support::*;
-
-struct Client(TcpStream);
-
-impl Client {
-    fn connect(s: &ServerHandle) -> Self {
-        let t = TcpStream::connect(s.addr()).expect("connect");
-        t.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Client(t)
-    }
-
-    fn ask(&mut self, r: &Request) -> Response {
-        write_frame(&mut self.0, r).expect("write");
-        read_frame::<_, Response>(&mut self.0, 1 << 24)
-            .expect("answer")
-            .0
-    }
-
-    fn begin(&mut self, vocab: u32, prompt: Vec<u32>) -> Response {
-        self.ask(&Request::Begin(Begin {
-            vocab_size: vocab,
-            tokenizer_fingerprint: None,
-            prompt,
-            temperature: 1.0,
-            seed: 0,
-        }))
-    }
-
-    /// After an error that closes the connection, the server has hung up.
-    fn assert_closed(&mut self) {
-        let mut b = [0u8; 1];
-        match self.0.read(&mut b) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("connection still open: {other:?}"),
-        }
-    }
-}
-
-fn code(r: &Response) -> (ErrorCode, String) {
-    match r {
-        Response::Error { code, message } => (*code, message.clone()),
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
-
-fn session(r: &Response) -> u64 {
-    match r {
-        Response::Begun { session } => *session,
-        other => panic!("expected Begun, got {other:?}"),
-    }
-}
-
-fn wait_for(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn requests_get_answers_or_clear_errors() {
@@ -253,4 +193,323 @@ fn sessions_are_freed_when_clients_vanish_or_idle() {
         c.sessions_ended.load(Ordering::Relaxed) == 2
     });
     assert_eq!(c.sessions_begun.load(Ordering::Relaxed), 2);
+}
+
+/// A request that asks for work the limits do not allow is refused by name, before any model
+/// work: a long prompt, a long sync, too many drafts.
+#[test]
+fn requests_beyond_the_limits_are_refused_by_name() {
+    let server = start_server(ServerLimits {
+        max_request_tokens: 16,
+        max_drafts: 3,
+        ..Default::default()
+    });
+    let mut c = Client::connect(&server);
+    let (k, m) = code(&c.begin(64, vec![1; 17]));
+    assert_eq!(k, ErrorCode::ContextTooLong);
+    assert!(
+        m.contains("17") && m.contains("limits.max_request_tokens"),
+        "{m}"
+    );
+    let s = session(&c.begin(64, vec![1; 16]));
+    let (k, m) = code(&c.ask(&Request::Sync {
+        session: s,
+        tokens: vec![2; 17],
+    }));
+    assert_eq!(k, ErrorCode::ContextTooLong);
+    assert!(m.contains("limits.max_request_tokens"), "{m}");
+    let drafts = (0..4)
+        .map(|t| WireDraft {
+            token: t,
+            payload: None,
+        })
+        .collect();
+    let (k, m) = code(&c.ask(&Request::Verify(Verify {
+        session: s,
+        context: vec![],
+        drafts,
+        bonus: false,
+    })));
+    assert_eq!(k, ErrorCode::BadRequest);
+    assert!(
+        m.contains("4 drafts") && m.contains("limits.max_drafts"),
+        "{m}"
+    );
+    // The session was not touched by the refusals.
+    let Response::Synced { context_len } = c.ask(&Request::Sync {
+        session: s,
+        tokens: vec![2; 16],
+    }) else {
+        panic!("no sync");
+    };
+    assert_eq!(context_len, 32);
+}
+
+/// The KV positions of all sessions together are bounded, whoever holds them.
+#[test]
+fn the_kv_budget_bounds_every_session_together() {
+    let server = start_server(ServerLimits {
+        max_held_tokens: 10,
+        ..Default::default()
+    });
+    let held = || server.counters().held_tokens.load(Ordering::Relaxed);
+    let mut a = Client::connect(&server);
+    let mut b = Client::connect(&server);
+    let s = session(&a.begin(64, vec![1; 6]));
+    assert_eq!(held(), 6);
+    let (k, m) = code(&b.begin(64, vec![1; 5]));
+    assert_eq!(k, ErrorCode::Busy);
+    assert!(
+        m.contains("limits.max_held_tokens") && m.contains("6 of its 10"),
+        "{m}"
+    );
+    // Growing a session counts too.
+    let (k, _) = code(&a.ask(&Request::Sync {
+        session: s,
+        tokens: vec![2; 5],
+    }));
+    assert_eq!(k, ErrorCode::Busy);
+    assert!(matches!(
+        a.ask(&Request::Sync {
+            session: s,
+            tokens: vec![2; 4],
+        }),
+        Response::Synced { context_len: 10 }
+    ));
+    assert!(matches!(
+        a.ask(&Request::End { session: s }),
+        Response::Ended { .. }
+    ));
+    assert_eq!(held(), 0);
+    session(&b.begin(64, vec![1; 10]));
+}
+
+/// Connections beyond `max_connections` are told why and closed; a freed slot is usable.
+#[test]
+fn connections_beyond_the_limit_are_refused_and_closed() {
+    let server = start_server(ServerLimits {
+        max_connections: 2,
+        ..Default::default()
+    });
+    let counters = server.counters();
+    let mut a = Client::connect(&server);
+    let mut b = Client::connect(&server);
+    for c in [&mut a, &mut b] {
+        assert!(matches!(c.ask(&Request::Hello), Response::Info(_)));
+    }
+    let mut c = Client::connect(&server);
+    let (r, _) = read_frame::<_, Response>(&mut c.0, 1 << 20).expect("a refusal");
+    let (k, m) = code(&r);
+    assert_eq!(k, ErrorCode::Busy);
+    assert!(m.contains("2 connections"), "{m}");
+    c.assert_closed();
+    assert_eq!(counters.connections_refused.load(Ordering::Relaxed), 1);
+    drop(a);
+    wait_for("the closed connection to be released", || {
+        counters.connections_open.load(Ordering::Relaxed) == 1
+    });
+    let mut d = Client::connect(&server);
+    assert!(matches!(d.ask(&Request::Hello), Response::Info(_)));
+}
+
+/// One connection holds at most its quota of sessions; others still get theirs.
+#[test]
+fn one_connection_cannot_take_every_session() {
+    let server = start_server(ServerLimits {
+        max_sessions: 4,
+        max_sessions_per_connection: 2,
+        ..Default::default()
+    });
+    let mut hoarder = Client::connect(&server);
+    let first = session(&hoarder.begin(64, vec![1]));
+    session(&hoarder.begin(64, vec![1]));
+    let (k, m) = code(&hoarder.begin(64, vec![1]));
+    assert_eq!(k, ErrorCode::Busy);
+    assert!(
+        m.contains("quota of 2") && m.contains("max_sessions_per_connection"),
+        "{m}"
+    );
+    let mut other = Client::connect(&server);
+    session(&other.begin(64, vec![1]));
+    // Ending one frees a place in the quota.
+    assert!(matches!(
+        hoarder.ask(&Request::End { session: first }),
+        Response::Ended { .. }
+    ));
+    session(&hoarder.begin(64, vec![1]));
+}
+
+/// Empty syncs cost the server nothing and so buy nothing: a session (and a connection) kept
+/// "alive" by them alone ends at the idle timeout.
+#[test]
+fn requests_without_work_do_not_keep_sessions_alive() {
+    let server = start_server(ServerLimits {
+        idle_timeout_s: 0.5,
+        ..Default::default()
+    });
+    let counters = server.counters();
+    let mut c = Client::connect(&server);
+    let s = session(&c.begin(64, vec![1, 2]));
+    let started = Instant::now();
+    let mut ended_by_server = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        let empty = Request::Sync {
+            session: s,
+            tokens: vec![],
+        };
+        if write_frame(&mut c.0, &empty).is_err() {
+            ended_by_server = true;
+            break;
+        }
+        match read_frame::<_, Response>(&mut c.0, 1 << 20) {
+            Ok((Response::Synced { .. }, _)) => {}
+            // The session idled out, or the server closed the idle connection.
+            Ok((Response::Error { .. }, _)) | Err(_) => {
+                ended_by_server = true;
+                break;
+            }
+            Ok((other, _)) => panic!("unexpected answer {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        ended_by_server,
+        "empty syncs kept the session alive for 3 s"
+    );
+    wait_for("the session to end", || {
+        counters.sessions_ended.load(Ordering::Relaxed) == 1
+    });
+}
+
+/// A frame trickled a byte at a time is cut off at the whole-frame deadline, not kept alive
+/// by each byte.
+#[test]
+fn a_trickled_frame_is_cut_off_at_the_frame_deadline() {
+    let server = start_server(ServerLimits {
+        frame_timeout_s: 0.5,
+        idle_timeout_s: 30.0,
+        ..Default::default()
+    });
+    let mut c = Client::connect(&server);
+    c.0.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let started = Instant::now();
+    // A header announcing 64 bytes, then one byte every 100 ms.
+    c.0.write_all(b"HLM\x01\x40\x00\x00\x00").unwrap();
+    let mut closed = false;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        if c.0.write_all(&[0]).is_err() {
+            closed = true;
+            break;
+        }
+        if server.counters().connections_open.load(Ordering::Relaxed) == 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled frame held its connection for 4 s");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// A client that sends requests and never reads the answers loses its connection at the
+/// write timeout instead of pinning a thread.
+#[test]
+fn a_client_that_never_reads_is_dropped() {
+    let server = start_server(ServerLimits {
+        write_timeout_s: 0.3,
+        ..Default::default()
+    });
+    let counters = server.counters();
+    let mut c = Client::connect(&server);
+    c.0.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    wait_for("the connection to open", || {
+        counters.connections_open.load(Ordering::Relaxed) == 1
+    });
+    // Hellos until the buffers of both sides are full and writing blocks.
+    let hello = {
+        let mut v = Vec::new();
+        write_frame(&mut v, &Request::Hello).unwrap();
+        v
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) && c.0.write_all(&hello).is_ok() {}
+    wait_for("the server to drop the connection", || {
+        counters.connections_open.load(Ordering::Relaxed) == 0
+    });
+    let mut d = Client::connect(&server);
+    assert!(matches!(d.ask(&Request::Hello), Response::Info(_)));
+}
+
+/// A model that panics on one request: the server answers that request `Internal`, ends its
+/// session, and goes on serving everybody else.
+#[test]
+fn a_panic_in_the_model_is_answered_and_the_server_goes_on() {
+    let server = start_server_with(
+        Box::new(PanicsOn(target(), 63)),
+        ServerLimits::default(),
+        "127.0.0.1:0",
+    );
+    let mut victim = Client::connect(&server);
+    let mut bystander = Client::connect(&server);
+    let s = session(&victim.begin(64, vec![1, 2]));
+    let t = session(&bystander.begin(64, vec![1, 2]));
+    let (k, m) = code(&victim.ask(&Request::Sync {
+        session: s,
+        tokens: vec![63],
+    }));
+    assert_eq!(k, ErrorCode::Internal);
+    assert!(m.contains("session was ended"), "{m}");
+    // The answer went out while the worker unwound; the count follows.
+    wait_for("the panic to be counted", || {
+        server.counters().worker_panics.load(Ordering::Relaxed) == 1
+    });
+    assert_eq!(
+        code(&victim.ask(&Request::Sync {
+            session: s,
+            tokens: vec![3],
+        }))
+        .0,
+        ErrorCode::UnknownSession
+    );
+    // Everybody else is served, the victim too with a new session.
+    assert!(matches!(
+        bystander.ask(&Request::Sync {
+            session: t,
+            tokens: vec![3],
+        }),
+        Response::Synced { context_len: 3 }
+    ));
+    session(&victim.begin(64, vec![1, 2]));
+}
+
+/// The fixture target with a defect: feeding `trigger` panics (as a backend bug would).
+struct PanicsOn(hlm_backends::Transformer, u32);
+
+impl hlm_core::TargetModel for PanicsOn {
+    fn vocab_size(&self) -> usize {
+        hlm_core::TargetModel::vocab_size(&self.0)
+    }
+    fn max_context(&self) -> usize {
+        hlm_core::TargetModel::max_context(&self.0)
+    }
+    fn context_len(&self) -> usize {
+        hlm_core::TargetModel::context_len(&self.0)
+    }
+    fn forward_all(&mut self, tokens: &[u32]) -> hlm_core::Result<Vec<Vec<f32>>> {
+        assert!(!tokens.contains(&self.1), "a defect of the model");
+        self.0.forward_all(tokens)
+    }
+    fn truncate(&mut self, len: usize) -> hlm_core::Result<()> {
+        hlm_core::TargetModel::truncate(&mut self.0, len)
+    }
+    fn tokenizer(&self) -> Option<std::sync::Arc<dyn hlm_core::TextTokenizer>> {
+        None
+    }
+    fn describe(&self) -> String {
+        "a defective fixture".into()
+    }
+    fn fork(&self) -> hlm_core::Result<Box<dyn hlm_core::TargetModel>> {
+        Ok(Box::new(PanicsOn(target(), self.1)))
+    }
 }

@@ -3,11 +3,15 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use hlm_backends::{RuleChoice, Transformer, parse_device};
 use hlm_core::{BuildContext, Pipeline, PipelineConfig, RunReport, TargetModel};
+use hlm_net::protocol::{Begin, ErrorCode, Request, Response};
+use hlm_net::wire::{read_frame, write_frame};
 use hlm_net::{Server, ServerHandle, ServerLimits};
 
 pub fn link() {
@@ -111,4 +115,64 @@ pub fn run(text: &str, overrides: &[String]) -> RunReport {
     pipeline(text, overrides)
         .generate(PROMPT, &mut |_| {})
         .expect("run")
+}
+
+/// A raw protocol client, for tests that speak to the server frame by frame.
+pub struct Client(pub TcpStream);
+
+impl Client {
+    pub fn connect(s: &ServerHandle) -> Self {
+        let t = TcpStream::connect(s.addr()).expect("connect");
+        t.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Client(t)
+    }
+
+    pub fn ask(&mut self, r: &Request) -> Response {
+        write_frame(&mut self.0, r).expect("write");
+        read_frame::<_, Response>(&mut self.0, 1 << 24)
+            .expect("answer")
+            .0
+    }
+
+    pub fn begin(&mut self, vocab: u32, prompt: Vec<u32>) -> Response {
+        self.ask(&Request::Begin(Begin {
+            vocab_size: vocab,
+            tokenizer_fingerprint: None,
+            prompt,
+            temperature: 1.0,
+            seed: 0,
+        }))
+    }
+
+    /// After an error that closes the connection, the server has hung up.
+    pub fn assert_closed(&mut self) {
+        let mut b = [0u8; 1];
+        match self.0.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection still open: {other:?}"),
+        }
+    }
+}
+
+pub fn code(r: &Response) -> (ErrorCode, String) {
+    match r {
+        Response::Error { code, message } => (*code, message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+pub fn session(r: &Response) -> u64 {
+    match r {
+        Response::Begun { session } => *session,
+        other => panic!("expected Begun, got {other:?}"),
+    }
+}
+
+pub fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
