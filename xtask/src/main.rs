@@ -38,6 +38,18 @@ enum Cmd {
         #[arg(long)]
         no_install: bool,
     },
+    /// Run the fuzz targets (model files, config.json, pipeline configs, frames, payloads,
+    /// requests to a live server) for longer than CI does: rounds of fresh random cases
+    /// until the time is up. A failing case is shrunk and saved in the target's
+    /// proptest-regressions/ file: commit it, and it is replayed first from then on.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Cases per target per round.
+        #[arg(long, default_value_t = 2048)]
+        cases: u32,
+    },
     /// Fetch the default model pair and run configs/iu-hlm.toml on one prompt.
     Demo {
         /// Extra arguments passed to `hlm run`.
@@ -163,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Ci { no_install } => ci(no_install),
+        Cmd::Fuzz { minutes, cases } => fuzz(minutes, cases),
         Cmd::Demo { args } => {
             fetch_all(&DEFAULT_PAIR)?;
             let mut cmd = hlm()?;
@@ -291,6 +304,32 @@ fn children_cpu_s() -> Option<f64> {
 #[cfg(not(unix))]
 fn children_cpu_s() -> Option<f64> {
     None
+}
+
+/// The fuzz targets: proptest tests in these test binaries whose names contain these words.
+const FUZZ_BINARIES: [&str; 2] = ["fuzz", "configs"];
+const FUZZ_TESTS: [&str; 3] = ["never_panic", "answers_whatever", "unpack_or"];
+
+/// `cargo xtask fuzz`: rounds of `cases` fresh cases per target until `minutes` are over.
+fn fuzz(minutes: f64, cases: u32) -> Result<()> {
+    if !(minutes.is_finite() && minutes > 0.0) || cases == 0 {
+        bail!("--minutes must be a positive number and --cases at least 1");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(minutes * 60.0);
+    let mut round = 0u32;
+    while std::time::Instant::now() < deadline {
+        round += 1;
+        let mut c = cargo();
+        c.args(["test", "--workspace"]);
+        for b in FUZZ_BINARIES {
+            c.args(["--test", b]);
+        }
+        c.arg("--").args(FUZZ_TESTS);
+        c.env("PROPTEST_CASES", cases.to_string());
+        status(c, &format!("fuzz round {round} ({cases} cases per target)"))?;
+    }
+    eprintln!("fuzz: {round} rounds, no failure");
+    Ok(())
 }
 
 fn cargo() -> Command {

@@ -275,3 +275,173 @@ fn every_profile_can_be_included_and_validates() {
     }
     assert!(n >= 8, "only {n} profiles");
 }
+
+/// The paper's method on the tiny fixture pair, every section present: the base of the
+/// fuzzed configs.
+fn fixture_config() -> String {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../backends/tests/fixtures");
+    format!(
+        r#"name = "fuzzed"
+device = "cpu"
+[generation]
+max_new_tokens = 4
+temperature = 1.0
+seed = 3
+[draft]
+type = "transformer"
+model = {draft:?}
+[verifier]
+type = "local"
+[verifier.model]
+type = "transformer"
+model = {target:?}
+[upload]
+type = "token_filter"
+combine = "and"
+[upload.uncertainty.estimator]
+type = "temperature_perturbation"
+samples = 8
+theta_max = 2.0
+[upload.uncertainty.threshold]
+type = "risk_bound"
+a = 0.815
+b = -0.066
+max_risk = 0.118
+[upload.importance.scorer]
+type = "attention"
+layers = "last"
+heads = "mean"
+exclude_sink = true
+[upload.importance.threshold]
+type = "mean_std"
+lambda = 1.0
+[codec]
+type = "dense"
+bits = 8
+[link]
+type = "fixed_rate"
+uplink_bps = 2e6
+downlink_bps = 1e7
+latency_s = 0.001
+[energy]
+type = "analytic"
+"#,
+        draft = fixtures.join("tiny-llama").display().to_string(),
+        target = fixtures.join("tiny-qwen2").display().to_string(),
+    )
+}
+
+/// Every leaf of a TOML table, as its path of keys.
+fn leaves(table: &toml::Table, prefix: &[String], out: &mut Vec<Vec<String>>) {
+    for (k, v) in table {
+        let mut path = prefix.to_vec();
+        path.push(k.clone());
+        match v {
+            toml::Value::Table(t) => leaves(t, &path, out),
+            _ => out.push(path),
+        }
+    }
+}
+
+/// Set (or with `None` remove) the value at `path`.
+fn set_at(table: &mut toml::Table, path: &[String], value: Option<toml::Value>) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for p in parents {
+        match t.get_mut(p) {
+            Some(toml::Value::Table(inner)) => t = inner,
+            _ => return,
+        }
+    }
+    match value {
+        Some(v) => {
+            t.insert(last.clone(), v);
+        }
+        None => {
+            t.remove(last);
+        }
+    }
+}
+
+/// A value a config key might be given by mistake or malice.
+fn toml_value() -> impl proptest::strategy::Strategy<Value = Option<toml::Value>> {
+    use proptest::prelude::*;
+    use toml::Value as V;
+    proptest::option::of(prop_oneof![
+        prop_oneof![
+            Just(0i64),
+            Just(-1),
+            Just(1),
+            Just(i64::MAX),
+            Just(1 << 20),
+            2i64..100
+        ]
+        .prop_map(V::Integer),
+        prop_oneof![
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(-1.0),
+            Just(0.0),
+            Just(1e300),
+            Just(0.5)
+        ]
+        .prop_map(V::Float),
+        prop_oneof![
+            Just("".to_string()),
+            Just("last".to_string()),
+            Just("x".repeat(3))
+        ]
+        .prop_map(V::String),
+        any::<bool>().prop_map(V::Boolean),
+        Just(V::Array(vec![V::Integer(1)])),
+        Just(V::Table(toml::Table::new())),
+    ])
+}
+
+proptest::proptest! {
+    /// The fixture pipeline with some keys given other values or removed, sometimes an
+    /// include of itself (a cycle) or of a second file: `hlm config check`'s parse either
+    /// refuses it by name or accepts it, and what it accepts builds (or is refused) and runs
+    /// four tokens without a panic. Cases: `PROPTEST_CASES` (256 by default; `cargo xtask
+    /// fuzz --minutes N` runs more); failures are kept in proptest-regressions/configs.txt.
+    #[test]
+    fn pipeline_configs_never_panic(
+        changes in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), toml_value()), 1..4),
+        include in 0u8..3,
+    ) {
+        link();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut table: toml::Table = fixture_config().parse().expect("base parses");
+        let mut paths = Vec::new();
+        leaves(&table, &[], &mut paths);
+        for (at, value) in &changes {
+            let path: &Vec<String> = at.get(&paths);
+            set_at(&mut table, path, value.clone());
+        }
+        let main = dir.path().join("main.toml");
+        match include {
+            1 => {
+                table.insert("include".into(), toml::Value::Array(vec!["main.toml".into()]));
+            }
+            2 => {
+                std::fs::write(dir.path().join("inc.toml"), "[generation]\nseed = 7\n").expect("write");
+                table.insert("include".into(), toml::Value::Array(vec!["inc.toml".into()]));
+            }
+            _ => {}
+        }
+        std::fs::write(&main, toml::to_string(&table).expect("serialise")).expect("write");
+        let cfg = match PipelineConfig::load(&main, &["generation.max_new_tokens=4".to_string()]) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                proptest::prop_assert!(e.to_string().contains("main.toml"), "{e}");
+                return Ok(());
+            }
+        };
+        let ctx = hlm_core::BuildContext { device: "cpu".into(), models_dir: None, link_toml: None };
+        if let Ok(mut p) = hlm_core::Pipeline::from_config(cfg, &ctx) {
+            let _ = p.generate(&[1, 5, 17], &mut |_| {});
+        }
+    }
+}

@@ -80,8 +80,12 @@ impl UncertaintyEstimator for TemperaturePerturbation {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.samples == 0 {
-            return Err(HlmError::invalid("samples", 0, "K must be at least 1"));
+        if !(1..=MAX_SAMPLES).contains(&self.samples) {
+            return Err(HlmError::invalid(
+                "samples",
+                self.samples,
+                format!("K must be between 1 and {MAX_SAMPLES}"),
+            ));
         }
         if !(self.theta_max.is_finite() && self.theta_max > 0.0) {
             return Err(HlmError::invalid(
@@ -93,6 +97,10 @@ impl UncertaintyEstimator for TemperaturePerturbation {
         Ok(())
     }
 }
+
+/// The most perturbed samples per token (the paper uses 20; each costs a pass over the
+/// vocabulary, and the estimate allocates one value per sample).
+pub const MAX_SAMPLES: usize = 4096;
 
 /// Normalised Shannon entropy of the draft distribution, H(x) / ln |V|, in [0, 1].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -189,14 +197,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(even.estimate(&host(&logits), 0, &mut rng()).unwrap(), 0.0);
-        assert!(
-            TemperaturePerturbation {
-                samples: 0,
+        // Zero samples, and a count whose allocation overflowed (found by the config fuzzer,
+        // crates/cli/tests/configs.rs: `samples = 9223372036854775807` panicked at run time).
+        for samples in [0, MAX_SAMPLES + 1, i64::MAX as usize] {
+            let e = TemperaturePerturbation {
+                samples,
                 ..Default::default()
             }
             .validate()
-            .is_err()
-        );
+            .expect_err("refused")
+            .to_string();
+            assert!(e.contains("samples") && e.contains("4096"), "{e}");
+        }
     }
 
     #[test]

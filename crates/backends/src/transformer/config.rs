@@ -214,18 +214,47 @@ impl TransformerConfig {
     /// Reject configurations the forward pass cannot run, instead of producing garbage.
     pub fn validate(&self, origin: &Path) -> Result<()> {
         let fail = |why: String| Err(HlmError::Model(format!("{}: {why}", origin.display())));
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("n_layers", self.n_layers),
-            ("n_heads", self.n_heads),
-            ("n_kv_heads", self.n_kv_heads),
-            ("head_dim", self.head_dim),
-            ("max_context", self.max_context),
+        // Each must be positive, and at most a bound far above any released model yet low
+        // enough that no product of them overflows: a crafted file is refused here, before
+        // anything is allocated from these numbers.
+        let counts = [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 18),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("n_layers", self.n_layers, 1 << 12),
+            ("n_heads", self.n_heads, 1 << 12),
+            ("n_kv_heads", self.n_kv_heads, 1 << 12),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("max_context", self.max_context, 1 << 24),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return fail(format!("{name} must be positive"));
+        for (name, value, max) in counts {
+            if value == 0 {
+                return fail(format!("{name} must be positive"));
+            }
+            if value > max {
+                return fail(format!(
+                    "{name} {value} is beyond the largest supported, {max}"
+                ));
+            }
+        }
+        for (what, a, b) in [
+            (
+                "vocab_size x hidden_size",
+                self.vocab_size,
+                self.hidden_size,
+            ),
+            ("n_heads x head_dim", self.n_heads, self.head_dim),
+            (
+                "hidden_size x intermediate_size",
+                self.hidden_size,
+                self.intermediate_size,
+            ),
+        ] {
+            if a.checked_mul(b).is_none_or(|p| p > 1 << 34) {
+                return fail(format!(
+                    "{what} = {a} x {b} is beyond the largest supported"
+                ));
+            }
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return fail(format!(

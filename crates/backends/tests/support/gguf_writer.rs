@@ -36,6 +36,26 @@ impl GgufBuilder {
         self
     }
 
+    /// Set `key`, replacing its value if it is there already.
+    pub fn set(&mut self, key: &str, value: Value) -> &mut Self {
+        self.remove(key);
+        self.kv(key, value)
+    }
+
+    /// Drop `key` if it is there.
+    pub fn remove(&mut self, key: &str) -> &mut Self {
+        self.kvs.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// Set the dims (ggml order, innermost first) of tensor `name`, keeping its values.
+    pub fn set_dims(&mut self, name: &str, dims: Vec<u64>) -> &mut Self {
+        if let Some(t) = self.tensors.iter_mut().find(|t| t.0 == name) {
+            t.1 = dims;
+        }
+        self
+    }
+
     /// `shape` is row-major (outermost first), as in safetensors.
     pub fn tensor(&mut self, name: &str, shape: &[usize], values: Vec<f32>) -> &mut Self {
         let dims = shape.iter().rev().map(|&d| d as u64).collect();
