@@ -326,6 +326,8 @@ fn fuzz(minutes: f64, cases: u32) -> Result<()> {
         }
         c.arg("--").args(FUZZ_TESTS);
         c.env("PROPTEST_CASES", cases.to_string());
+        // A fresh seed per round (proptest's default), whatever the caller's environment.
+        c.env_remove("PROPTEST_RNG_SEED");
         status(c, &format!("fuzz round {round} ({cases} cases per target)"))?;
     }
     eprintln!("fuzz: {round} rounds, no failure");
@@ -402,6 +404,11 @@ fn ci(no_install: bool) -> Result<()> {
     // The wgpu tests run on whatever Vulkan driver exists; on a machine without a GPU that is
     // Mesa's lavapipe, which needs a runtime dir.
     test.env("HLM_TEST_WGPU", "1");
+    // The fuzz targets run the same 256 cases in every CI run (a red run is then a change,
+    // not a dice roll); `cargo xtask fuzz` explores fresh seeds.
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        test.env("PROPTEST_RNG_SEED", "20261201");
+    }
     if require_models {
         // Fetched above: a missing model is then a failure, not a skip.
         test.env("HLM_REQUIRE_MODELS", "1");
