@@ -134,7 +134,7 @@ impl QuantMatrix {
                 row_bytes: range.row_bytes,
                 x,
             };
-            rows_times(job, scratch, out);
+            rows_times(job, scratch.row(), out);
             TaskLayout::RowMajor
         }))
     }
@@ -210,7 +210,7 @@ impl QuantMatrix {
                     row_bytes: range.row_bytes,
                     x,
                 };
-                rows_times(job, scratch, &mut out[..task.rows * n]);
+                rows_times(job, scratch.row(), &mut out[..task.rows * n]);
                 return TaskLayout::RowMajor;
             };
             let acts = match activation_block(range.ty) {
@@ -233,7 +233,7 @@ impl QuantMatrix {
     /// says it wrote them ([`TaskLayout`]). Returns the result as `[n, rows]`.
     fn by_row_tasks<F>(&self, n: usize, task: F) -> Vec<f32>
     where
-        F: Fn(&Task, &mut [f32], &mut [f32]) -> TaskLayout + Sync,
+        F: Fn(&Task, &mut Scratch, &mut [f32]) -> TaskLayout + Sync,
     {
         let mut tasks: Vec<Task> = Vec::new();
         let mut matrix_row = 0;
@@ -254,14 +254,31 @@ impl QuantMatrix {
         let mut y = vec![0.0f32; self.rows * n];
         let columns = ColumnWriter::new(&mut y, self.rows, n);
         tasks.into_par_iter().for_each_init(
-            || (vec![0.0f32; cols], vec![0.0f32; room]),
-            |(scratch, local), t| {
-                let layout = task(&t, scratch, local);
+            // The scratch row is sized by the tasks that use it (the exact path), not for
+            // every split of the pool.
+            || (Vec::new(), vec![0.0f32; room]),
+            |(scratch, local): &mut (Vec<f32>, Vec<f32>), t| {
+                let layout = task(&t, &mut Scratch { row: scratch, cols }, local);
                 // SAFETY: the tasks cover disjoint rows of the matrix.
                 unsafe { columns.write(t.matrix_row, t.rows, layout, local) };
             },
         );
         y
+    }
+}
+
+/// A worker's scratch row of `cols` values, allocated the first time a task asks for it.
+struct Scratch<'a> {
+    row: &'a mut Vec<f32>,
+    cols: usize,
+}
+
+impl Scratch<'_> {
+    fn row(&mut self) -> &mut [f32] {
+        if self.row.len() != self.cols {
+            self.row.resize(self.cols, 0.0);
+        }
+        self.row
     }
 }
 
@@ -328,6 +345,14 @@ impl<'a> ColumnWriter<'a> {
             self.rows
         );
         let n = self.n;
+        if n == 1 {
+            // One activation row (a decode step): both layouts hold the task's results in
+            // order, and they are one run of the single output row.
+            // SAFETY: as below, for t = 0 and i < count.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.out.add(row), count) };
+            dst.copy_from_slice(&local[..count]);
+            return;
+        }
         for i in 0..count {
             for t in 0..n {
                 let v = match layout {
