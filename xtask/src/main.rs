@@ -50,6 +50,14 @@ enum Cmd {
         #[arg(long, default_value_t = 2048)]
         cases: u32,
     },
+    /// Soak and abuse `hlm serve` for longer than CI does: 64 legitimate clients against
+    /// idle connections, slow writers, non-readers, bad frames and session hoarders, all at
+    /// once; prints the figures (runs, faults injected, peak threads, descriptors, memory).
+    Soak {
+        /// How long the legitimate clients keep running.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Fetch the default model pair and run configs/iu-hlm.toml on one prompt.
     Demo {
         /// Extra arguments passed to `hlm run`.
@@ -176,6 +184,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Ci { no_install } => ci(no_install),
         Cmd::Fuzz { minutes, cases } => fuzz(minutes, cases),
+        Cmd::Soak { minutes } => {
+            if !(minutes.is_finite() && minutes > 0.0) {
+                bail!("--minutes must be a positive number");
+            }
+            let mut c = cargo();
+            c.args([
+                "test",
+                "--workspace",
+                "--test",
+                "soak",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "the_server_survives_a_long_abuse",
+            ]);
+            c.env("HLM_SOAK_SECONDS", (minutes * 60.0).to_string());
+            status(c, &format!("soak for {minutes} minutes"))
+        }
         Cmd::Demo { args } => {
             fetch_all(&DEFAULT_PAIR)?;
             let mut cmd = hlm()?;

@@ -1,0 +1,434 @@
+//! Soak and abuse: `hlm serve` on the tiny fixture model serves legitimate clients while
+//! others attack it at the same time (idle connections, slow writers, clients that never
+//! read, oversized and malformed frames, session hoarders, clients that vanish mid-frame).
+//! Every legitimate client's tokens equal its in-process run (nothing lost or repeated); the
+//! server's threads, descriptors and peak memory stay under bounds its limits state; and
+//! when the attack stops it releases every connection.
+//!
+//! CI runs a short version (a few seconds); `cargo xtask soak --minutes N` runs the ignored
+//! long one (`HLM_SOAK_SECONDS`), printing its figures.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hlm_core::{BuildContext, Pipeline, PipelineConfig, RunReport};
+use hlm_net::protocol::{Begin, Request, Response};
+use hlm_net::wire::{read_frame, write_frame};
+
+const LEGIT_CLIENTS: usize = 64;
+const MAX_CONNECTIONS: usize = 160;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../backends/tests/fixtures")
+}
+
+/// A pipeline of the fixture pair whose verifier is `verifier` (a `[verifier]` body).
+fn pipeline_text(verifier: &str) -> String {
+    format!(
+        r#"name = "soak"
+device = "cpu"
+[generation]
+max_new_tokens = 12
+temperature = 1.0
+seed = 1
+[draft]
+type = "transformer"
+model = {draft:?}
+[verifier]
+{verifier}
+[upload]
+type = "random"
+skip_rate = 0.3
+[codec]
+type = "top_k"
+k = 8
+bits = 16
+[link]
+type = "fixed_rate"
+uplink_bps = 2e6
+downlink_bps = 1e7
+latency_s = 0.001
+[energy]
+type = "analytic"
+"#,
+        draft = fixtures().join("tiny-llama").display().to_string()
+    )
+}
+
+fn run(text: &str, seed: u64) -> RunReport {
+    hlm_cli::link_builtin_plugins();
+    let cfg =
+        PipelineConfig::parse(text, "soak", &[format!("generation.seed={seed}")]).expect("config");
+    let ctx = BuildContext {
+        device: "cpu".into(),
+        models_dir: None,
+        link_toml: None,
+    };
+    let mut p = Pipeline::from_config(cfg, &ctx).expect("pipeline");
+    let prompt = [1, 5, 17, (seed % 60) as u32 + 2];
+    p.generate(&prompt, &mut |_| {}).expect("run")
+}
+
+/// Kills the server however the test ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Threads, open descriptors and peak resident bytes of a process.
+fn resources(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+    (field("Threads:"), fds, field("VmHWM:") * 1024)
+}
+
+/// The bytes of `769 MB` as the server prints them.
+fn parse_bytes(text: &str) -> u64 {
+    let mut parts = text.split_whitespace();
+    let value: f64 = parts.next().and_then(|v| v.parse().ok()).expect("a number");
+    let unit = match parts.next() {
+        Some("GB") => 1e9,
+        Some("MB") => 1e6,
+        Some("kB") => 1e3,
+        other => panic!("unit {other:?}"),
+    };
+    (value * unit) as u64
+}
+
+/// Faults the attackers injected, by kind.
+#[derive(Default)]
+struct Injected {
+    idle: AtomicU64,
+    slow: AtomicU64,
+    non_readers: AtomicU64,
+    oversized: AtomicU64,
+    malformed: AtomicU64,
+    hoarded_sessions: AtomicU64,
+    vanished: AtomicU64,
+}
+
+/// Run the attackers against `addr` until `stop`.
+fn attack(
+    addr: String,
+    stop: Arc<AtomicBool>,
+    injected: Arc<Injected>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads = Vec::new();
+    let spawn = |f: Box<dyn FnOnce() + Send>| std::thread::spawn(f);
+    // Idle connections, reopened as the server closes them.
+    {
+        let (addr, stop, inj) = (addr.clone(), Arc::clone(&stop), Arc::clone(&injected));
+        threads.push(spawn(Box::new(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let held: Vec<TcpStream> = (0..16)
+                    .filter_map(|_| TcpStream::connect(&addr).ok())
+                    .collect();
+                inj.idle.fetch_add(held.len() as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        })));
+    }
+    // Slow writers: a header, then a byte every 200 ms.
+    for _ in 0..4 {
+        let (addr, stop, inj) = (addr.clone(), Arc::clone(&stop), Arc::clone(&injected));
+        threads.push(spawn(Box::new(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    continue;
+                };
+                inj.slow.fetch_add(1, Ordering::Relaxed);
+                let _ = s.write_all(b"HLM\x01\x40\x00\x00\x00");
+                while !stop.load(Ordering::SeqCst) && s.write_all(&[0]).is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        })));
+    }
+    // Clients that never read their answers.
+    for _ in 0..4 {
+        let (addr, stop, inj) = (addr.clone(), Arc::clone(&stop), Arc::clone(&injected));
+        threads.push(spawn(Box::new(move || {
+            let mut hello = Vec::new();
+            write_frame(&mut hello, &Request::Hello).expect("frame");
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    continue;
+                };
+                inj.non_readers.fetch_add(1, Ordering::Relaxed);
+                let _ = s.set_write_timeout(Some(Duration::from_millis(300)));
+                while !stop.load(Ordering::SeqCst) && s.write_all(&hello).is_ok() {}
+            }
+        })));
+    }
+    // Oversized and malformed frames, and frames cut off by a vanishing client.
+    {
+        let (addr, stop, inj) = (addr.clone(), Arc::clone(&stop), Arc::clone(&injected));
+        threads.push(spawn(Box::new(move || {
+            let mut k = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                k += 1;
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    continue;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                match k % 3 {
+                    0 => {
+                        inj.oversized.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.write_all(b"HLM\x01\x00\x00\x40\x00");
+                    }
+                    1 => {
+                        inj.malformed.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.write_all(b"HLM\x01\x04\x00\x00\x00\xff\xff\xff\xff");
+                    }
+                    _ => {
+                        inj.vanished.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.write_all(b"HLM\x01\x40\x00\x00\x00\x01\x02\x03");
+                        continue;
+                    }
+                }
+                let mut b = [0u8; 256];
+                let _ = s.read(&mut b);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })));
+    }
+    // Session hoarders: the quota of sessions per connection, kept with empty syncs.
+    for _ in 0..4 {
+        let (addr, stop, inj) = (addr.clone(), Arc::clone(&stop), Arc::clone(&injected));
+        threads.push(spawn(Box::new(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    continue;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut ask = |r: &Request| -> Option<Response> {
+                    write_frame(&mut s, r).ok()?;
+                    read_frame::<_, Response>(&mut s, 1 << 20)
+                        .ok()
+                        .map(|(r, _)| r)
+                };
+                let mut mine = Vec::new();
+                for _ in 0..3 {
+                    if let Some(Response::Begun { session }) = ask(&Request::Begin(Begin {
+                        vocab_size: 64,
+                        tokenizer_fingerprint: None,
+                        prompt: vec![1, 2, 3],
+                        temperature: 1.0,
+                        seed: 0,
+                    })) {
+                        inj.hoarded_sessions.fetch_add(1, Ordering::Relaxed);
+                        mine.push(session);
+                    }
+                }
+                while !stop.load(Ordering::SeqCst) {
+                    let alive = mine.iter().all(|&session| {
+                        matches!(
+                            ask(&Request::Sync {
+                                session,
+                                tokens: vec![]
+                            }),
+                            Some(Response::Synced { .. })
+                        )
+                    });
+                    if !alive {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })));
+    }
+    threads
+}
+
+fn soak(seconds: f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\ntype = \"transformer\"\nmodel = {:?}\n[limits]\nmax_sessions = 128\n\
+             max_sessions_per_connection = 2\nmax_connections = {MAX_CONNECTIONS}\n\
+             max_message_bytes = 1048576\nidle_timeout_s = 2.0\nframe_timeout_s = 1.0\n\
+             write_timeout_s = 1.0\nmax_held_tokens = 16384\n",
+            fixtures().join("tiny-qwen2").display().to_string()
+        ),
+    )
+    .expect("write");
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_hlm"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hlm serve starts"),
+    );
+    let pid = server.0.id();
+    let mut lines = BufReader::new(server.0.stderr.take().expect("stderr")).lines();
+    let banner = lines.next().expect("banner").expect("readable");
+    let addr = banner
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_string();
+    let budget_line = lines.next().expect("budget").expect("readable");
+    let stated = budget_line
+        .split("worst-case memory of these limits: ")
+        .nth(1)
+        .map(parse_bytes)
+        .unwrap_or_else(|| panic!("no worst case in {budget_line:?}"));
+    // Keep draining the log so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+
+    // What each legitimate client must get: its run against an in-process verifier.
+    let local = pipeline_text(&format!(
+        "type = \"local\"\n[verifier.model]\ntype = \"transformer\"\nmodel = {:?}\n",
+        fixtures().join("tiny-qwen2").display().to_string()
+    ));
+    let expected: Arc<Vec<RunReport>> =
+        Arc::new((0..LEGIT_CLIENTS as u64).map(|s| run(&local, s)).collect());
+
+    let remote = pipeline_text(&format!(
+        "type = \"remote\"\naddress = \"{addr}\"\nrequest_timeout_s = 30\nretries = 2"
+    ));
+    // One run first, so the threads a model pass starts once (its pool) are in the base.
+    run(&remote, 0);
+    let (base_threads, base_fds, _) = resources(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let injected = Arc::new(Injected::default());
+    let attackers = attack(addr.clone(), Arc::clone(&stop), Arc::clone(&injected));
+    let peaks = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let sampler = {
+        let (stop, peaks) = (Arc::clone(&stop), Arc::clone(&peaks));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let (t, f, _) = resources(pid);
+                peaks.0.fetch_max(t, Ordering::Relaxed);
+                peaks.1.fetch_max(f, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let runs = Arc::new(AtomicU64::new(0));
+    let legit: Vec<_> = (0..LEGIT_CLIENTS as u64)
+        .map(|seed| {
+            let (remote, expected, runs) =
+                (remote.clone(), Arc::clone(&expected), Arc::clone(&runs));
+            std::thread::spawn(move || {
+                let mut first = true;
+                while first || started.elapsed().as_secs_f64() < seconds {
+                    first = false;
+                    let got = run(&remote, seed);
+                    let want = &expected[seed as usize];
+                    assert_eq!(got.generated_ids, want.generated_ids, "client {seed}");
+                    assert_eq!(got.kinds, want.kinds, "client {seed}");
+                    assert_eq!(got.stats.verifier_faults, 0, "client {seed}");
+                    runs.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for h in legit {
+        if h.join().is_err() {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    for h in attackers {
+        let _ = h.join();
+    }
+    let _ = sampler.join();
+    assert_eq!(
+        failed, 0,
+        "{failed} legitimate clients got other tokens than in-process"
+    );
+
+    // Everything is released once the attack stops (idle and frame deadlines are 2 s, 1 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut threads, mut fds, peak_rss) = resources(pid);
+    while (threads > base_threads || fds > base_fds) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        (threads, fds, _) = resources(pid);
+    }
+    let (peak_threads, peak_fds) = (
+        peaks.0.load(Ordering::Relaxed),
+        peaks.1.load(Ordering::Relaxed),
+    );
+    let i = &injected;
+    eprintln!(
+        "soak: {elapsed:.1} s, {LEGIT_CLIENTS} legitimate clients, {} runs all equal to \
+         in-process; injected: {} idle connections, {} slow writers, {} non-readers, {} \
+         oversized, {} malformed and {} cut-off frames, {} hoarded sessions; server peak \
+         {peak_threads} threads (base {base_threads}), {peak_fds} descriptors (base \
+         {base_fds}), {} MB resident (stated worst case {} MB); after: {threads} threads, \
+         {fds} descriptors",
+        runs.load(Ordering::Relaxed),
+        i.idle.load(Ordering::Relaxed),
+        i.slow.load(Ordering::Relaxed),
+        i.non_readers.load(Ordering::Relaxed),
+        i.oversized.load(Ordering::Relaxed),
+        i.malformed.load(Ordering::Relaxed),
+        i.vanished.load(Ordering::Relaxed),
+        i.hoarded_sessions.load(Ordering::Relaxed),
+        peak_rss / 1_000_000,
+        stated / 1_000_000,
+    );
+    // A thread and three descriptors per connection (the stream, its writer, the registry's
+    // handle), beside what the server had before any client came.
+    assert!(
+        peak_threads <= base_threads + MAX_CONNECTIONS as u64,
+        "threads {peak_threads}"
+    );
+    assert!(
+        peak_fds <= base_fds + 3 * MAX_CONNECTIONS as u64 + 8,
+        "descriptors {peak_fds}"
+    );
+    assert!(
+        peak_rss <= stated,
+        "peak {peak_rss} over the stated {stated}"
+    );
+    assert!(
+        threads <= base_threads && fds <= base_fds,
+        "not released: {threads} threads (base {base_threads}), {fds} descriptors (base {base_fds})"
+    );
+}
+
+#[test]
+fn the_server_survives_a_short_abuse() {
+    soak(3.0);
+}
+
+#[test]
+#[ignore = "long; cargo xtask soak --minutes N"]
+fn the_server_survives_a_long_abuse() {
+    let seconds = std::env::var("HLM_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600.0);
+    soak(seconds);
+}
