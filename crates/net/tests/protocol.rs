@@ -513,3 +513,77 @@ impl hlm_core::TargetModel for PanicsOn {
         Ok(Box::new(PanicsOn(target(), self.1)))
     }
 }
+
+/// If the model worker itself dies (here: a session's model panics while the idle sweep
+/// drops it, outside any batch), the server stops accepting instead of leaving clients to
+/// hang, and `wait` reports the failure (`hlm serve` then exits non-zero).
+#[test]
+fn a_dead_model_worker_stops_the_server_and_is_reported() {
+    let server = start_server_with(
+        Box::new(PanicsOnDrop {
+            model: target(),
+            armed: false,
+        }),
+        ServerLimits {
+            idle_timeout_s: 0.2,
+            ..Default::default()
+        },
+        "127.0.0.1:0",
+    );
+    let addr = server.addr();
+    let mut c = Client::connect(&server);
+    session(&c.begin(64, vec![1, 2]));
+    // The sweep ends the idle session; dropping its model kills the worker thread.
+    let failed = server.wait();
+    assert!(failed.is_err(), "the failure was not reported");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the server still accepts connections nobody can serve"
+    );
+}
+
+/// The fixture target with a defect in its destructor, armed in its sessions (forks) only.
+struct PanicsOnDrop {
+    model: hlm_backends::Transformer,
+    armed: bool,
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        // Only where the worker drops a session (Server::new also drops a trial fork).
+        let in_worker = std::thread::current().name() == Some("hlm-model");
+        if self.armed && in_worker && !std::thread::panicking() {
+            panic!("a defect of the model's teardown");
+        }
+    }
+}
+
+impl hlm_core::TargetModel for PanicsOnDrop {
+    fn vocab_size(&self) -> usize {
+        hlm_core::TargetModel::vocab_size(&self.model)
+    }
+    fn max_context(&self) -> usize {
+        hlm_core::TargetModel::max_context(&self.model)
+    }
+    fn context_len(&self) -> usize {
+        hlm_core::TargetModel::context_len(&self.model)
+    }
+    fn forward_all(&mut self, tokens: &[u32]) -> hlm_core::Result<Vec<Vec<f32>>> {
+        self.model.forward_all(tokens)
+    }
+    fn truncate(&mut self, len: usize) -> hlm_core::Result<()> {
+        hlm_core::TargetModel::truncate(&mut self.model, len)
+    }
+    fn tokenizer(&self) -> Option<std::sync::Arc<dyn hlm_core::TextTokenizer>> {
+        None
+    }
+    fn describe(&self) -> String {
+        "a fixture that fails at teardown".into()
+    }
+    fn fork(&self) -> hlm_core::Result<Box<dyn hlm_core::TargetModel>> {
+        Ok(Box::new(PanicsOnDrop {
+            model: target(),
+            armed: true,
+        }))
+    }
+}
