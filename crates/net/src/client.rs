@@ -94,29 +94,47 @@ impl RemoteVerifierSpec {
     }
 
     fn validate(&self) -> Result<()> {
-        for (key, v) in [
-            ("verifier.connect_timeout_s", self.connect_timeout_s),
-            ("verifier.request_timeout_s", self.request_timeout_s),
+        // Finite ranges: a timeout of 1e300 s is a typo that would otherwise panic when it
+        // becomes a Duration, in the middle of a run.
+        for (key, v, min_exclusive) in [
+            ("verifier.connect_timeout_s", self.connect_timeout_s, true),
+            ("verifier.request_timeout_s", self.request_timeout_s, true),
+            ("verifier.retry_delay_s", self.retry_delay_s, false),
+            (
+                "verifier.reconnect_interval_s",
+                self.reconnect_interval_s,
+                false,
+            ),
         ] {
-            if !(v > 0.0 && v.is_finite()) {
+            let above_min = if min_exclusive { v > 0.0 } else { v >= 0.0 };
+            if !(above_min && v <= MAX_SECONDS) {
+                let lower = if min_exclusive {
+                    "above 0"
+                } else {
+                    "at least 0"
+                };
                 return Err(HlmError::invalid(
                     key,
                     v,
-                    "must be a positive number of seconds",
+                    format!("must be a number of seconds {lower} and at most {MAX_SECONDS}"),
                 ));
             }
         }
-        for (key, v) in [
-            ("verifier.retry_delay_s", self.retry_delay_s),
-            ("verifier.reconnect_interval_s", self.reconnect_interval_s),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(HlmError::invalid(key, v, "must be zero or more seconds"));
-            }
+        if self.retries > MAX_RETRIES {
+            return Err(HlmError::invalid(
+                "verifier.retries",
+                self.retries,
+                format!("must be at most {MAX_RETRIES}"),
+            ));
         }
         Ok(())
     }
 }
+
+/// The longest timeout or delay a remote verifier accepts (an hour).
+const MAX_SECONDS: f64 = 3600.0;
+/// The most connection attempts per try.
+const MAX_RETRIES: u32 = 100;
 
 #[typetag::serde(name = "remote")]
 impl VerifierSpec for RemoteVerifierSpec {
@@ -590,5 +608,31 @@ impl Drop for RemoteVerifier {
         if let Some(session) = self.session.take() {
             let _ = self.exchange(&Request::End { session });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_timeouts_and_retries_are_refused_by_name() {
+        assert!(RemoteVerifierSpec::new("127.0.0.1:1").validate().is_ok());
+        let set = |f: &dyn Fn(&mut RemoteVerifierSpec)| {
+            let mut s = RemoteVerifierSpec::new("127.0.0.1:1");
+            f(&mut s);
+            s.validate().expect_err("refused").to_string()
+        };
+        for bad in [0.0, -1.0, 1e300, f64::NAN, f64::INFINITY] {
+            assert!(set(&|s| s.connect_timeout_s = bad).contains("verifier.connect_timeout_s"));
+            assert!(set(&|s| s.request_timeout_s = bad).contains("verifier.request_timeout_s"));
+        }
+        for bad in [-1.0, 1e300, f64::NAN] {
+            assert!(set(&|s| s.retry_delay_s = bad).contains("verifier.retry_delay_s"));
+            assert!(
+                set(&|s| s.reconnect_interval_s = bad).contains("verifier.reconnect_interval_s")
+            );
+        }
+        assert!(set(&|s| s.retries = 1_000_000).contains("verifier.retries"));
     }
 }
