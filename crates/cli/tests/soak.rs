@@ -260,45 +260,16 @@ fn attack(
 
 fn soak(seconds: f64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("server.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[model]\ntype = \"transformer\"\nmodel = {:?}\n[limits]\nmax_sessions = 128\n\
-             max_sessions_per_connection = 2\nmax_connections = {MAX_CONNECTIONS}\n\
-             max_message_bytes = 1048576\nidle_timeout_s = 2.0\nframe_timeout_s = 1.0\n\
-             write_timeout_s = 1.0\nmax_held_tokens = 16384\n",
-            fixtures().join("tiny-qwen2").display().to_string()
+    let (server, addr, stated) = serve_fixture(
+        dir.path(),
+        &format!(
+            "max_sessions = 128\nmax_sessions_per_connection = 2\n\
+             max_connections = {MAX_CONNECTIONS}\nmax_message_bytes = 1048576\n\
+             idle_timeout_s = 2.0\nframe_timeout_s = 1.0\nwrite_timeout_s = 1.0\n\
+             max_held_tokens = 16384"
         ),
-    )
-    .expect("write");
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_hlm"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("hlm serve starts"),
     );
     let pid = server.0.id();
-    let mut lines = BufReader::new(server.0.stderr.take().expect("stderr")).lines();
-    let banner = lines.next().expect("banner").expect("readable");
-    let addr = banner
-        .split("listening on ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .to_string();
-    let budget_line = lines.next().expect("budget").expect("readable");
-    let stated = budget_line
-        .split("worst-case memory of these limits: ")
-        .nth(1)
-        .map(parse_bytes)
-        .unwrap_or_else(|| panic!("no worst case in {budget_line:?}"));
-    // Keep draining the log so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
 
     // What each legitimate client must get: its run against an in-process verifier.
     let local = pipeline_text(&format!(
@@ -431,4 +402,102 @@ fn the_server_survives_a_long_abuse() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600.0);
     soak(seconds);
+}
+
+/// Start `hlm serve` on the fixture with `limits` (TOML lines): the server, its address
+/// and the worst case of memory it states.
+fn serve_fixture(dir: &Path, limits: &str) -> (Server, String, u64) {
+    let cfg = dir.join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\ntype = \"transformer\"\nmodel = {:?}\n[limits]\n{limits}\n",
+            fixtures().join("tiny-qwen2").display().to_string()
+        ),
+    )
+    .expect("write");
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_hlm"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hlm serve starts"),
+    );
+    let mut lines = BufReader::new(server.0.stderr.take().expect("stderr")).lines();
+    let banner = lines.next().expect("banner").expect("readable");
+    let addr = banner
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_string();
+    let budget_line = lines.next().expect("budget").expect("readable");
+    let stated = budget_line
+        .split("worst-case memory of these limits: ")
+        .nth(1)
+        .map(parse_bytes)
+        .unwrap_or_else(|| panic!("no worst case in {budget_line:?}"));
+    // Keep draining the log so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    (server, addr, stated)
+}
+
+/// A `/proc/PID/status` field in bytes (`VmRSS`, `VmData`).
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// 40 connections that each announce an 8 MiB frame and send one byte of it claim what they
+/// sent, not what they announced. The body used to be allocated whole from the header: 335
+/// MB of committed memory (`VmData`), though not resident while untouched (fresh zero pages),
+/// so a host that limits commitment refused the server's next allocation.
+#[test]
+fn announced_frames_claim_only_what_arrives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, addr, _) = serve_fixture(
+        dir.path(),
+        "max_message_bytes = 8388608\nframe_timeout_s = 60.0\nidle_timeout_s = 60.0",
+    );
+    let pid = server.0.id();
+    // Warm the server up (its first pass starts threads and buffers).
+    let mut warm = TcpStream::connect(&addr).expect("connect");
+    write_frame(&mut warm, &Request::Hello).expect("hello");
+    read_frame::<_, Response>(&mut warm, 1 << 20).expect("info");
+    let before = (status_bytes(pid, "VmData:"), status_bytes(pid, "VmRSS:"));
+    let held: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.write_all(b"HLM\x01\x00\x00\x80\x00\x01").expect("header");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let during = (status_bytes(pid, "VmData:"), status_bytes(pid, "VmRSS:"));
+    eprintln!(
+        "40 announced 8 MiB frames: data {} -> {} MB, resident {} -> {} MB",
+        before.0 / 1_000_000,
+        during.0 / 1_000_000,
+        before.1 / 1_000_000,
+        during.1 / 1_000_000
+    );
+    // Per connection: a thread's stack (256 KiB), its read buffer and a first body chunk
+    // (64 KiB each).
+    let grown = during.0.saturating_sub(before.0);
+    assert!(
+        grown < 100_000_000,
+        "40 half-sent frames committed {} MB",
+        grown / 1_000_000
+    );
+    assert!(during.1.saturating_sub(before.1) < 40_000_000);
+    drop(held);
 }
