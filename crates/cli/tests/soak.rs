@@ -501,3 +501,68 @@ fn announced_frames_claim_only_what_arrives() {
     assert!(during.1.saturating_sub(before.1) < 40_000_000);
     drop(held);
 }
+
+/// When the server cannot start a connection's thread (here: a pids cgroup allows no more),
+/// the client is told so and the socket is closed, not left open with nobody reading it;
+/// once threads can start again, connections are served. Needs root and the cgroup v1 pids
+/// controller; skipped with a note otherwise.
+#[test]
+fn a_connection_without_a_thread_is_told_and_closed() {
+    let pids = Path::new("/sys/fs/cgroup/pids");
+    let group = pids.join(format!("hlm-test-{}", std::process::id()));
+    if std::fs::create_dir(&group).is_err() {
+        eprintln!(
+            "skipping: cannot create a pids cgroup under {}",
+            pids.display()
+        );
+        return;
+    }
+    /// Removes the cgroup however the test ends (after the server is gone).
+    struct Group(PathBuf);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let group = Group(group);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, addr, _) = serve_fixture(dir.path(), "idle_timeout_s = 30.0");
+    let pid = server.0.id();
+    let (threads, base_fds, _) = resources(pid);
+    let set = |name: &str, v: String| std::fs::write(group.0.join(name), v).expect(name);
+    // No thread beyond those the server has.
+    set("pids.max", threads.to_string());
+    set("cgroup.procs", pid.to_string());
+    let mut refused = 0;
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(&addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write_frame(&mut c, &Request::Hello);
+        match read_frame::<_, Response>(&mut c, 1 << 20) {
+            Ok((Response::Error { message, .. }, _)) => {
+                assert!(message.contains("cannot start a thread"), "{message}");
+                let mut b = [0u8; 1];
+                assert!(matches!(c.read(&mut b), Ok(0) | Err(_)), "left open");
+                refused += 1;
+            }
+            Ok((other, _)) => panic!("served without a thread? {other:?}"),
+            Err(e) => panic!("no answer, the peer would hang: {e}"),
+        }
+    }
+    assert_eq!(refused, 5);
+    assert!(resources(pid).1 <= base_fds, "descriptors leaked");
+    // Threads again: served again.
+    set("pids.max", "max".to_string());
+    let mut c = TcpStream::connect(&addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write_frame(&mut c, &Request::Hello).expect("hello");
+    let (r, _) = read_frame::<_, Response>(&mut c, 1 << 20).expect("an answer");
+    assert!(matches!(r, Response::Info(_)), "{r:?}");
+    drop(c);
+    drop(server);
+}
