@@ -24,9 +24,11 @@
 //! Arithmetic (the kernels of every instruction set compute this, in this order, per lane):
 //! per sub-block the exact integer dot `Σ q·a` of unsigned values `q` with the 8-bit
 //! activations, less `OFFSET · Σ a` for the formats with an offset; then
-//! `acc += f32(dot) · (d_eff · d_a)`, where `d_eff` is `d` or `d · sc`; then the minimum:
-//! `acc += m · s_a` (Q4_1, Q5_1) or `acc -= (dmin · mn) · s_a` (Q4_K, Q5_K), `s_a` being the
-//! sub-block's sum of dequantised activations. Every multiply-add is fused.
+//! `acc += f32(dot) · (d_eff · d_a)`, where `d_eff` is `d` (or `d · sc` for Q6_K's 16-value
+//! sub-blocks); then the minimum: `acc += m · s_a` (Q4_1, Q5_1) or `acc -= (dmin · mn) · s_a`
+//! (Q4_K, Q5_K), `s_a` being the sub-block's sum of dequantised activations. Q4_K and Q5_K
+//! sum `dot · sc` over the super-block's 8 sub-blocks in integers (exact: below 2^31) and
+//! add `f32(Σ dot · sc) · (d · d_a)` once, after the minimums. Every multiply-add is fused.
 
 use rayon::prelude::*;
 
@@ -419,6 +421,8 @@ pub(crate) fn panel_dot(ty: GgmlType, panel: &[u8], acts: &[ActivationRow], out:
                     let scales = if ty == GgmlType::Q6_K { 32 } else { 64 };
                     let values = scales + 256;
                     let da = a.scales[k];
+                    // Q4_K/Q5_K: the scaled integer dots of the super-block, per row.
+                    let mut isum = [0i32; PANEL];
                     for sub in 0..8 {
                         let v = &pb[values + sub * vb..values + (sub + 1) * vb];
                         let first = 256 * k + 32 * sub;
@@ -446,12 +450,17 @@ pub(crate) fn panel_dot(ty: GgmlType, panel: &[u8], acts: &[ActivationRow], out:
                                         dot += q * a.qs[first + 4 * g + i] as i32;
                                     }
                                 }
-                                let sc = pb[scales + sub * PANEL + r] as f32;
+                                let sc = pb[scales + sub * PANEL + r] as i32;
                                 let mn = pb[scales + 128 + sub * PANEL + r] as f32;
-                                acc[r] = (dot as f32).mul_add(d(r) * sc * da, acc[r]);
+                                isum[r] += dot * sc;
                                 let s = a.scaled_sums32[first / 32];
                                 acc[r] = (-(m(r) * mn)).mul_add(s, acc[r]);
                             }
+                        }
+                    }
+                    if ty != GgmlType::Q6_K {
+                        for r in 0..PANEL {
+                            acc[r] = (isum[r] as f32).mul_add(d(r) * da, acc[r]);
                         }
                     }
                 }

@@ -223,6 +223,10 @@ trait Lanes: Copy {
     }
     unsafe fn sub_i(v: Self::I, x: i32) -> Self::I;
     unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
+    /// `a · b` per 32-bit lane (the low 32 bits; the callers keep it exact).
+    unsafe fn mullo_i(a: Self::I, b: Self::I) -> Self::I;
+    /// 16 unsigned bytes at `p` as 32-bit lanes.
+    unsafe fn u8s_i(p: *const u8) -> Self::I;
     unsafe fn cvt(v: Self::I) -> Self::F;
     /// 16 f16 at `p`.
     unsafe fn f16s(p: *const u8) -> Self::F;
@@ -304,6 +308,14 @@ impl Lanes for Zmm {
     #[inline(always)]
     unsafe fn add_i(a: __m512i, b: __m512i) -> __m512i {
         _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mullo_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn u8s_i(p: *const u8) -> __m512i {
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))
     }
     #[inline(always)]
     unsafe fn cvt(v: __m512i) -> __m512 {
@@ -464,6 +476,14 @@ impl Lanes for Ymm2 {
     #[inline(always)]
     unsafe fn add_i(a: [__m256i; 2], b: [__m256i; 2]) -> [__m256i; 2] {
         pair_i(|h| _mm256_add_epi32(a[h], b[h]))
+    }
+    #[inline(always)]
+    unsafe fn mullo_i(a: [__m256i; 2], b: [__m256i; 2]) -> [__m256i; 2] {
+        pair_i(|h| _mm256_mullo_epi32(a[h], b[h]))
+    }
+    #[inline(always)]
+    unsafe fn u8s_i(p: *const u8) -> [__m256i; 2] {
+        pair_i(|h| _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * h).cast())))
     }
     #[inline(always)]
     unsafe fn cvt(v: [__m256i; 2]) -> [__m256; 2] {
@@ -682,17 +702,24 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
             Kind::K45 => {
                 let d = L::f16s(pb);
                 let dmin = L::f16s(pb.add(32));
+                // The sub-block scales multiply the exact integer dots in integers (at most
+                // 8 · 63 · 32 · 31 · 127 < 2^31), so one conversion and one FMA a super-block
+                // replace three float operations a sub-block.
+                let mut isum = [L::zero_i(); R];
                 for sub in 0..8 {
-                    let deff = L::mul(d, L::u8s(pb.add(64 + 16 * sub)));
+                    let sc = L::u8s_i(pb.add(64 + 16 * sub));
                     let meff = L::mul(dmin, L::u8s(pb.add(64 + 128 + 16 * sub)));
                     let kg = kgroups::<L>(values, pb.add(320 + sub * vb));
                     for r in 0..R {
                         let a = qs[r].add(256 * k + 32 * sub);
                         let dt = dot::<L, false>(&kg, 0..8, a, chains(R), run);
-                        let da = *scales[r].add(k);
-                        acc[r] = L::fma(L::cvt(dt), L::mul_s(deff, da), acc[r]);
+                        isum[r] = L::add_i(isum[r], L::mullo_i(dt, sc));
                         acc[r] = L::fnma_s(meff, *scaled[r].add(8 * k + sub), acc[r]);
                     }
+                }
+                for r in 0..R {
+                    let da = *scales[r].add(k);
+                    acc[r] = L::fma(L::cvt(isum[r]), L::mul_s(d, da), acc[r]);
                 }
             }
             Kind::K6 => {
