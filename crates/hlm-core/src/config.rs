@@ -293,12 +293,26 @@ impl PipelineConfig {
 
 /// Includes nest at most this deep (a guard against include cycles).
 const MAX_INCLUDE_DEPTH: usize = 8;
+/// Files one config may include in all, counting repeats (7 levels of files that each include
+/// the next 10 times nest within the depth yet ask for 10^7 reads).
+const MAX_INCLUDES: usize = 256;
 
 /// Replace the `include` list of `table` by the merged contents of the included files.
 fn resolve_includes(
+    table: toml::Table,
+    base: &Path,
+    depth: usize,
+) -> std::result::Result<toml::Table, String> {
+    let mut budget = MAX_INCLUDES;
+    resolve_includes_within(table, base, depth, &mut budget)
+}
+
+/// [`resolve_includes`] with `budget` files left to read.
+fn resolve_includes_within(
     mut table: toml::Table,
     base: &Path,
     depth: usize,
+    budget: &mut usize,
 ) -> std::result::Result<toml::Table, String> {
     let Some(list) = table.remove("include") else {
         return Ok(table);
@@ -329,14 +343,18 @@ fn resolve_includes(
     };
     let mut merged = toml::Table::new();
     for p in paths {
+        *budget = budget.checked_sub(1).ok_or_else(|| {
+            format!("more than {MAX_INCLUDES} includes in all (files that include each other many times?)")
+        })?;
         let path = base.join(&p);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("include `{p}`: cannot read {}: {e}", path.display()))?;
         let inner: toml::Table = text
             .parse()
             .map_err(|e| format!("include {}: {e}", path.display()))?;
-        let inner = resolve_includes(inner, path.parent().unwrap_or(base), depth + 1)
-            .map_err(|e| format!("in include {}: {e}", path.display()))?;
+        let inner =
+            resolve_includes_within(inner, path.parent().unwrap_or(base), depth + 1, budget)
+                .map_err(|e| format!("in include {}: {e}", path.display()))?;
         merge_tables(&mut merged, inner);
     }
     merge_tables(&mut merged, table);
@@ -446,6 +464,20 @@ mod tests {
         std::fs::write(dir.join("loop.toml"), "include = \"loop.toml\"\n").unwrap();
         let e = resolve_includes("include = \"loop.toml\"".parse().unwrap(), &dir, 0).unwrap_err();
         assert!(e.contains("cycle"), "{e}");
+        // No cycle, but a fan: each of 7 levels includes the next one 10 times, 10^7 reads
+        // within the depth limit; refused after MAX_INCLUDES.
+        for level in 0..7 {
+            let next = format!("\"fan{}.toml\"", level + 1);
+            std::fs::write(
+                dir.join(format!("fan{level}.toml")),
+                format!("include = [{}]\n", vec![next; 10].join(", ")),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.join("fan7.toml"), "[generation]\nseed = 2\n").unwrap();
+        let fan =
+            resolve_includes("include = \"fan0.toml\"".parse().unwrap(), &dir, 0).unwrap_err();
+        assert!(fan.contains("256 includes"), "{fan}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
