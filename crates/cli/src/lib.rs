@@ -87,7 +87,6 @@ pub fn link_builtin_plugins() {
     hlm_net::link();
 }
 
-/// Parse the command line and run `hlm`.
 /// CubeCL's autotuner (wgpu) tries several kernels for a new shape and drops those that
 /// panic while compiling: e.g. a quantised-matmul candidate whose vector width does not fit
 /// 8-bit weights ("quantized view float vector size 2 must be a positive multiple of
@@ -109,6 +108,7 @@ fn quiet_caught_gpu_autotune_panics() {
     }));
 }
 
+/// Parse the command line and run `hlm`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
