@@ -4,10 +4,11 @@
 //! matrix over the whole prompt). Skipped with a note when the model is not fetched, unless
 //! `HLM_REQUIRE_MODELS=1` (CI).
 
-use std::io::{BufRead, BufReader};
+#[path = "support/serve.rs"]
+mod serve;
+
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hlm_net::protocol::{Begin, Request, Response};
@@ -31,41 +32,6 @@ fn model_path() -> Option<PathBuf> {
     None
 }
 
-/// Kills the server however the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `VmHWM` (peak resident memory) of a process, bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM");
-    kb * 1024
-}
-
-/// The bytes of `12.6 GB` / `340 MB` / `64 kB` as the server prints them.
-fn parse_bytes(text: &str) -> u64 {
-    let mut parts = text.split_whitespace();
-    let value: f64 = parts.next().and_then(|v| v.parse().ok()).expect("a number");
-    let unit = match parts.next() {
-        Some("GB") => 1e9,
-        Some("MB") => 1e6,
-        Some("kB") => 1e3,
-        other => panic!("unit {other:?}"),
-    };
-    (value * unit) as u64
-}
-
 #[test]
 fn a_prompt_at_the_request_limit_fits_the_stated_memory() {
     let Some(model) = model_path() else {
@@ -85,32 +51,8 @@ fn a_prompt_at_the_request_limit_fits_the_stated_memory() {
         ),
     )
     .expect("write");
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_hlm"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("hlm serve starts"),
-    );
-    let mut lines = BufReader::new(server.0.stderr.take().expect("stderr")).lines();
-    let mut next_line = || lines.next().expect("a line").expect("readable");
-    let banner = next_line();
-    let addr = banner
-        .split("listening on ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .to_string();
-    let budget_line = next_line();
-    let stated = budget_line
-        .split("worst-case memory of these limits: ")
-        .nth(1)
-        .map(parse_bytes)
-        .unwrap_or_else(|| panic!("no worst case in {budget_line:?}"));
-    let idle = peak_rss(server.0.id());
+    let (server, addr, stated) = serve::start(&cfg);
+    let idle = serve::status_bytes(server.0.id(), "VmHWM:");
 
     let mut c = TcpStream::connect(&addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
@@ -130,11 +72,11 @@ fn a_prompt_at_the_request_limit_fits_the_stated_memory() {
     let (r, _) = read_frame::<_, Response>(&mut c, 1 << 20).expect("an answer");
     assert!(matches!(r, Response::Begun { .. }), "{r:?}");
     let prefill_s = started.elapsed().as_secs_f64();
-    let peak = peak_rss(server.0.id());
+    let peak = serve::status_bytes(server.0.id(), "VmHWM:");
     let file = std::fs::metadata(&model).expect("model file").len();
     eprintln!(
         "{MODEL}: a {PROMPT}-token prompt in {prefill_s:.1} s; peak RSS {} MB after loading, \
-         {} MB after the prompt; file {} MB; stated worst case {} MB ({budget_line})",
+         {} MB after the prompt; file {} MB; stated worst case {} MB",
         idle / 1_000_000,
         peak / 1_000_000,
         file / 1_000_000,

@@ -8,10 +8,12 @@
 //! CI runs a short version (a few seconds); `cargo xtask soak --minutes N` runs the ignored
 //! long one (`HLM_SOAK_SECONDS`), printing its figures.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "support/serve.rs"]
+mod serve;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use hlm_core::{BuildContext, Pipeline, PipelineConfig, RunReport};
 use hlm_net::protocol::{Begin, Request, Response};
 use hlm_net::wire::{read_frame, write_frame};
+use serve::Server;
 
 const LEGIT_CLIENTS: usize = 64;
 const MAX_CONNECTIONS: usize = 160;
@@ -74,42 +77,14 @@ fn run(text: &str, seed: u64) -> RunReport {
     p.generate(&prompt, &mut |_| {}).expect("run")
 }
 
-/// Kills the server however the test ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Threads, open descriptors and peak resident bytes of a process.
 fn resources(pid: u32) -> (u64, u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
-    (field("Threads:"), fds, field("VmHWM:") * 1024)
-}
-
-/// The bytes of `769 MB` as the server prints them.
-fn parse_bytes(text: &str) -> u64 {
-    let mut parts = text.split_whitespace();
-    let value: f64 = parts.next().and_then(|v| v.parse().ok()).expect("a number");
-    let unit = match parts.next() {
-        Some("GB") => 1e9,
-        Some("MB") => 1e6,
-        Some("kB") => 1e3,
-        other => panic!("unit {other:?}"),
-    };
-    (value * unit) as u64
+    (
+        serve::status_field(pid, "Threads:"),
+        fds,
+        serve::status_bytes(pid, "VmHWM:"),
+    )
 }
 
 /// Faults the attackers injected, by kind.
@@ -416,45 +391,7 @@ fn serve_fixture(dir: &Path, limits: &str) -> (Server, String, u64) {
         ),
     )
     .expect("write");
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_hlm"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("hlm serve starts"),
-    );
-    let mut lines = BufReader::new(server.0.stderr.take().expect("stderr")).lines();
-    let banner = lines.next().expect("banner").expect("readable");
-    let addr = banner
-        .split("listening on ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .to_string();
-    let budget_line = lines.next().expect("budget").expect("readable");
-    let stated = budget_line
-        .split("worst-case memory of these limits: ")
-        .nth(1)
-        .map(parse_bytes)
-        .unwrap_or_else(|| panic!("no worst case in {budget_line:?}"));
-    // Keep draining the log so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    (server, addr, stated)
-}
-
-/// A `/proc/PID/status` field in bytes (`VmRSS`, `VmData`).
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
+    serve::start(&cfg)
 }
 
 /// 40 connections that each announce an 8 MiB frame and send one byte of it claim what they
@@ -473,7 +410,10 @@ fn announced_frames_claim_only_what_arrives() {
     let mut warm = TcpStream::connect(&addr).expect("connect");
     write_frame(&mut warm, &Request::Hello).expect("hello");
     read_frame::<_, Response>(&mut warm, 1 << 20).expect("info");
-    let before = (status_bytes(pid, "VmData:"), status_bytes(pid, "VmRSS:"));
+    let before = (
+        serve::status_bytes(pid, "VmData:"),
+        serve::status_bytes(pid, "VmRSS:"),
+    );
     let held: Vec<TcpStream> = (0..40)
         .map(|_| {
             let mut s = TcpStream::connect(&addr).expect("connect");
@@ -482,7 +422,10 @@ fn announced_frames_claim_only_what_arrives() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(800));
-    let during = (status_bytes(pid, "VmData:"), status_bytes(pid, "VmRSS:"));
+    let during = (
+        serve::status_bytes(pid, "VmData:"),
+        serve::status_bytes(pid, "VmRSS:"),
+    );
     eprintln!(
         "40 announced 8 MiB frames: data {} -> {} MB, resident {} -> {} MB",
         before.0 / 1_000_000,
