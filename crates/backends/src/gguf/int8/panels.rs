@@ -18,17 +18,19 @@
 //! - 8-bit values (Q8_0): 8 chunks, one per k-group, signed.
 //!
 //! Around the values: the f16 scales (and minimums) of the 16 rows, 16 of each, and for the
-//! K-quants the sub-block scales as bytes, sub-block-major (16 rows each). Rows past the end
-//! of a matrix are padded with zero blocks (scale 0).
+//! K-quants the sub-block scales as bytes, sub-block-major (16 rows each), then for Q4_K and
+//! Q5_K the sub-block minimums in pairs of sub-blocks (`2p`, `2p + 1` of row `r` at bytes
+//! `32p + 2r`, `+ 1`). Rows past the end of a matrix are padded with zero blocks (scale 0).
 //!
 //! Arithmetic (the kernels of every instruction set compute this, in this order, per lane):
-//! per sub-block the exact integer dot `Σ q·a` of unsigned values `q` with the 8-bit
-//! activations, less `OFFSET · Σ a` for the formats with an offset; then
-//! `acc += f32(dot) · (d_eff · d_a)`, where `d_eff` is `d` (or `d · sc` for Q6_K's 16-value
-//! sub-blocks); then the minimum: `acc += m · s_a` (Q4_1, Q5_1) or `acc -= (dmin · mn) · s_a`
-//! (Q4_K, Q5_K), `s_a` being the sub-block's sum of dequantised activations. Q4_K and Q5_K
-//! sum `dot · sc` over the super-block's 8 sub-blocks in integers (exact: below 2^31) and
-//! add `f32(Σ dot · sc) · (d · d_a)` once, after the minimums. Every multiply-add is fused.
+//! per block the exact integer dot `Σ q·a` of unsigned values `q` with the 8-bit
+//! activations, less `OFFSET · Σ a` for the formats with an offset. The 32-value formats
+//! then add `acc += f32(dot) · (d · d_a)` and the minimum, `acc += m · s_a` (Q4_1, Q5_1;
+//! `s_a` the block's sum of dequantised activations). The K-quants sum, in integers over
+//! the super-block (exact: below 2^31), `dot · sc` of every sub-block (8 of 32 values; Q6_K
+//! 16 of 16, signed scales) and, for Q4_K and Q5_K, `mn · Σ a` (`Σ a` the activations'
+//! integer sub-block sum); once a super-block they add `acc -= f32(Σ mn·Σa) · (dmin · d_a)`,
+//! then `acc += f32(Σ dot·sc) · (d · d_a)`. Every multiply-add is fused.
 
 use rayon::prelude::*;
 
@@ -331,10 +333,13 @@ fn pack_block(ty: GgmlType, rows: &[Decoded; PANEL], out: &mut [u8]) {
                     at += 1;
                 }
             }
-            for s in 0..8 {
+            // The minimums in pairs of sub-blocks: row `r`'s minimums of sub-blocks `2p`
+            // and `2p + 1` side by side, one 16-bit pair a lane for the kernels' pair dots.
+            for p in 0..4 {
                 for r in rows {
-                    out[at] = r.mn[s];
-                    at += 1;
+                    out[at] = r.mn[2 * p];
+                    out[at + 1] = r.mn[2 * p + 1];
+                    at += 2;
                 }
             }
         }
@@ -421,8 +426,10 @@ pub(crate) fn panel_dot(ty: GgmlType, panel: &[u8], acts: &[ActivationRow], out:
                     let scales = if ty == GgmlType::Q6_K { 32 } else { 64 };
                     let values = scales + 256;
                     let da = a.scales[k];
-                    // Q4_K/Q5_K: the scaled integer dots of the super-block, per row.
+                    // The scaled integer dots of the super-block, and (Q4_K/Q5_K) its
+                    // minimums times the activations' integer sums, per row.
                     let mut isum = [0i32; PANEL];
+                    let mut imin = [0i32; PANEL];
                     for sub in 0..8 {
                         let v = &pb[values + sub * vb..values + (sub + 1) * vb];
                         let first = 256 * k + 32 * sub;
@@ -439,8 +446,7 @@ pub(crate) fn panel_dot(ty: GgmlType, panel: &[u8], acts: &[ActivationRow], out:
                                     let s16 = (first / 16) + half;
                                     dot -= 32 * a.sums16[s16] as i32;
                                     let sc = pb[scales + (2 * sub + half) * PANEL + r] as i8;
-                                    let deff = d(r) * sc as f32;
-                                    acc[r] = (dot as f32).mul_add(deff * da, acc[r]);
+                                    isum[r] += dot * sc as i32;
                                 }
                             } else {
                                 let mut dot = 0i32;
@@ -451,17 +457,17 @@ pub(crate) fn panel_dot(ty: GgmlType, panel: &[u8], acts: &[ActivationRow], out:
                                     }
                                 }
                                 let sc = pb[scales + sub * PANEL + r] as i32;
-                                let mn = pb[scales + 128 + sub * PANEL + r] as f32;
+                                let mn = pb[scales + 128 + (sub / 2) * 32 + 2 * r + sub % 2];
                                 isum[r] += dot * sc;
-                                let s = a.scaled_sums32[first / 32];
-                                acc[r] = (-(m(r) * mn)).mul_add(s, acc[r]);
+                                imin[r] += mn as i32 * a.sums32[first / 32] as i32;
                             }
                         }
                     }
-                    if ty != GgmlType::Q6_K {
-                        for r in 0..PANEL {
-                            acc[r] = (isum[r] as f32).mul_add(d(r) * da, acc[r]);
+                    for r in 0..PANEL {
+                        if ty != GgmlType::Q6_K {
+                            acc[r] = (imin[r] as f32).mul_add(-(m(r) * da), acc[r]);
                         }
+                        acc[r] = (isum[r] as f32).mul_add(d(r) * da, acc[r]);
                     }
                 }
                 _ => {

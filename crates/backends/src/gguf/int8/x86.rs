@@ -192,6 +192,17 @@ trait Lanes: Copy {
     unsafe fn load(p: *const u8) -> Self::I;
     /// Low and high nibbles of each byte.
     unsafe fn nibbles(v: Self::I) -> (Self::I, Self::I);
+    /// Whether the high nibbles may stay where they are (`v & 0xF0`: 16 times their value)
+    /// and their dot be divided by 16 afterwards, saving a shift per 64 bytes: only where a
+    /// dot of weights up to 240 cannot saturate (VNNI's `vpdpbusd` sums into 32 bits; AVX2's
+    /// `vpmaddubsw` saturates 16-bit pair sums).
+    const HIGH_NIBBLES_IN_PLACE: bool = false;
+    /// Low nibbles, and high nibbles left in place (`v & 0xF0`).
+    unsafe fn nibbles_in_place(v: Self::I) -> (Self::I, Self::I) {
+        Self::nibbles(v)
+    }
+    /// `v >> 4` per 32-bit lane, arithmetic (exact on the multiples of 16 it is given).
+    unsafe fn srai4_i(v: Self::I) -> Self::I;
     /// `v | 0x10` in the bytes whose bit is set in `bits`.
     unsafe fn or_bit4(v: Self::I, bits: u64) -> Self::I;
     /// `v | ((hi >> 2i) & 3) << 4` per byte.
@@ -227,20 +238,24 @@ trait Lanes: Copy {
     unsafe fn mullo_i(a: Self::I, b: Self::I) -> Self::I;
     /// 16 unsigned bytes at `p` as 32-bit lanes.
     unsafe fn u8s_i(p: *const u8) -> Self::I;
+    /// 16 signed bytes at `p` as 32-bit lanes.
+    unsafe fn i8s_i(p: *const u8) -> Self::I;
+    /// 32 unsigned bytes at `p` as 16-bit lanes: lane `r` of the 32-bit view holds bytes
+    /// `2r` and `2r + 1`.
+    unsafe fn u8_pairs(p: *const u8) -> Self::I;
+    /// `acc + w₀·a₀ + w₁·a₁` per 32-bit lane, with `w` 16-bit pairs ([`Lanes::u8_pairs`])
+    /// and `(a₀, a₁)` the two `i16` at `p`, broadcast (exact while the sums fit in 32 bits).
+    unsafe fn dot_pairs(acc: Self::I, w: Self::I, p: *const i16) -> Self::I;
     unsafe fn cvt(v: Self::I) -> Self::F;
     /// 16 f16 at `p`.
     unsafe fn f16s(p: *const u8) -> Self::F;
-    /// 16 unsigned (or signed) bytes at `p` as floats.
-    unsafe fn u8s(p: *const u8) -> Self::F;
-    unsafe fn i8s(p: *const u8) -> Self::F;
-    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn mul_s(a: Self::F, b: f32) -> Self::F;
     /// `a · b + c`, fused.
     unsafe fn fma_s(a: Self::F, b: f32, c: Self::F) -> Self::F;
     /// `a · b + c`, fused, with `a` a vector.
     unsafe fn fma(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
-    /// `c - a · b`, fused.
-    unsafe fn fnma_s(a: Self::F, b: f32, c: Self::F) -> Self::F;
+    /// `c - a · b`, fused, with `b` a vector.
+    unsafe fn fnma(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
     unsafe fn store(p: *mut f32, v: Self::F);
 }
 
@@ -270,6 +285,18 @@ impl Lanes for Zmm {
             _mm512_and_si512(v, low),
             _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
         )
+    }
+    const HIGH_NIBBLES_IN_PLACE: bool = true;
+    #[inline(always)]
+    unsafe fn nibbles_in_place(v: __m512i) -> (__m512i, __m512i) {
+        (
+            _mm512_and_si512(v, _mm512_set1_epi8(0x0f)),
+            _mm512_and_si512(v, _mm512_set1_epi8(0xf0_u8 as i8)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn srai4_i(v: __m512i) -> __m512i {
+        _mm512_srai_epi32::<4>(v)
     }
     #[inline(always)]
     unsafe fn or_bit4(v: __m512i, bits: u64) -> __m512i {
@@ -318,24 +345,25 @@ impl Lanes for Zmm {
         _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast()))
     }
     #[inline(always)]
+    unsafe fn i8s_i(p: *const u8) -> __m512i {
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn u8_pairs(p: *const u8) -> __m512i {
+        _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn dot_pairs(acc: __m512i, w: __m512i, p: *const i16) -> __m512i {
+        let a = _mm512_set1_epi32(p.cast::<i32>().read_unaligned());
+        _mm512_dpwssd_epi32(acc, w, a)
+    }
+    #[inline(always)]
     unsafe fn cvt(v: __m512i) -> __m512 {
         _mm512_cvtepi32_ps(v)
     }
     #[inline(always)]
     unsafe fn f16s(p: *const u8) -> __m512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
-    }
-    #[inline(always)]
-    unsafe fn u8s(p: *const u8) -> __m512 {
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())))
-    }
-    #[inline(always)]
-    unsafe fn i8s(p: *const u8) -> __m512 {
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-        _mm512_mul_ps(a, b)
     }
     #[inline(always)]
     unsafe fn mul_s(a: __m512, b: f32) -> __m512 {
@@ -350,8 +378,8 @@ impl Lanes for Zmm {
         _mm512_fmadd_ps(a, b, c)
     }
     #[inline(always)]
-    unsafe fn fnma_s(a: __m512, b: f32, c: __m512) -> __m512 {
-        _mm512_fnmadd_ps(a, _mm512_set1_ps(b), c)
+    unsafe fn fnma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fnmadd_ps(a, b, c)
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m512) {
@@ -486,6 +514,23 @@ impl Lanes for Ymm2 {
         pair_i(|h| _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * h).cast())))
     }
     #[inline(always)]
+    unsafe fn i8s_i(p: *const u8) -> [__m256i; 2] {
+        pair_i(|h| _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8 * h).cast())))
+    }
+    #[inline(always)]
+    unsafe fn u8_pairs(p: *const u8) -> [__m256i; 2] {
+        pair_i(|h| _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(16 * h).cast())))
+    }
+    #[inline(always)]
+    unsafe fn dot_pairs(acc: [__m256i; 2], w: [__m256i; 2], p: *const i16) -> [__m256i; 2] {
+        let a = _mm256_set1_epi32(p.cast::<i32>().read_unaligned());
+        pair_i(|h| _mm256_add_epi32(acc[h], _mm256_madd_epi16(w[h], a)))
+    }
+    #[inline(always)]
+    unsafe fn srai4_i(v: [__m256i; 2]) -> [__m256i; 2] {
+        pair_i(|h| _mm256_srai_epi32::<4>(v[h]))
+    }
+    #[inline(always)]
     unsafe fn cvt(v: [__m256i; 2]) -> [__m256; 2] {
         [_mm256_cvtepi32_ps(v[0]), _mm256_cvtepi32_ps(v[1])]
     }
@@ -495,22 +540,6 @@ impl Lanes for Ymm2 {
             _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
             _mm256_cvtph_ps(_mm_loadu_si128(p.add(16).cast())),
         ]
-    }
-    #[inline(always)]
-    unsafe fn u8s(p: *const u8) -> [__m256; 2] {
-        let v =
-            |o: usize| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(o).cast())));
-        [v(0), v(8)]
-    }
-    #[inline(always)]
-    unsafe fn i8s(p: *const u8) -> [__m256; 2] {
-        let v =
-            |o: usize| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(o).cast())));
-        [v(0), v(8)]
-    }
-    #[inline(always)]
-    unsafe fn mul(a: [__m256; 2], b: [__m256; 2]) -> [__m256; 2] {
-        [_mm256_mul_ps(a[0], b[0]), _mm256_mul_ps(a[1], b[1])]
     }
     #[inline(always)]
     unsafe fn mul_s(a: [__m256; 2], b: f32) -> [__m256; 2] {
@@ -533,11 +562,10 @@ impl Lanes for Ymm2 {
         ]
     }
     #[inline(always)]
-    unsafe fn fnma_s(a: [__m256; 2], b: f32, c: [__m256; 2]) -> [__m256; 2] {
-        let b = _mm256_set1_ps(b);
+    unsafe fn fnma(a: [__m256; 2], b: [__m256; 2], c: [__m256; 2]) -> [__m256; 2] {
         [
-            _mm256_fnmadd_ps(a[0], b, c[0]),
-            _mm256_fnmadd_ps(a[1], b, c[1]),
+            _mm256_fnmadd_ps(a[0], b[0], c[0]),
+            _mm256_fnmadd_ps(a[1], b[1], c[1]),
         ]
     }
     #[inline(always)]
@@ -547,9 +575,11 @@ impl Lanes for Ymm2 {
     }
 }
 
-/// The 8 k-group vectors of 32 values whose value parts start at `v`.
+/// The 8 k-group vectors of 32 values whose value parts start at `v`; with `in_place`
+/// (4-bit values only), the odd k-groups are 16 times their values
+/// ([`Lanes::HIGH_NIBBLES_IN_PLACE`]).
 #[inline(always)]
-unsafe fn kgroups<L: Lanes>(values: Values, v: *const u8) -> [L::I; 8] {
+unsafe fn kgroups<L: Lanes>(values: Values, v: *const u8, in_place: bool) -> [L::I; 8] {
     let mut kg = [L::zero_i(); 8];
     if values == Values::Eight {
         for g in 0..8 {
@@ -558,7 +588,12 @@ unsafe fn kgroups<L: Lanes>(values: Values, v: *const u8) -> [L::I; 8] {
         return kg;
     }
     for c in 0..4 {
-        let (lo, hi) = L::nibbles(L::load(v.add(64 * c)));
+        let chunk = L::load(v.add(64 * c));
+        let (lo, hi) = if in_place {
+            L::nibbles_in_place(chunk)
+        } else {
+            L::nibbles(chunk)
+        };
         (kg[2 * c], kg[2 * c + 1]) = (lo, hi);
     }
     match values {
@@ -584,7 +619,9 @@ unsafe fn kgroups<L: Lanes>(values: Values, v: *const u8) -> [L::I; 8] {
 /// `Σ_g dot4(kg[g], a + 4g)` over k-groups `range`, in `chains` (1 or 2) accumulators
 /// (one `vpdpbusd` waits 5 cycles for the previous one into the same register: with few
 /// activation rows, two chains a row keep both vector units busy). Integer sums: the order
-/// does not change the result.
+/// does not change the result. With `in_place` (two chains, a range from an even k-group:
+/// the second chain sums the odd k-groups), the odd k-groups are 16 times their values
+/// ([`kgroups`]) and their chain is divided by 16, exactly.
 #[inline(always)]
 unsafe fn dot<L: Lanes, const SIGNED: bool>(
     kg: &[L::I; 8],
@@ -592,6 +629,7 @@ unsafe fn dot<L: Lanes, const SIGNED: bool>(
     a: *const i8,
     chains: usize,
     run: usize,
+    in_place: bool,
 ) -> L::I {
     if L::WIDENS_IN_RUNS && !SIGNED && run > 1 {
         return L::dot_runs(kg, range, a, run);
@@ -601,7 +639,9 @@ unsafe fn dot<L: Lanes, const SIGNED: bool>(
         let c = if chains == 2 { i % 2 } else { 0 };
         acc[c] = L::dot4::<SIGNED>(acc[c], kg[g], a.add(4 * g));
     }
-    if chains == 2 {
+    if in_place {
+        L::add_i(acc[0], L::srai4_i(acc[1]))
+    } else if chains == 2 {
         L::add_i(acc[0], acc[1])
     } else {
         acc[0]
@@ -667,6 +707,8 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
     let off = offset(ty) + if signed { L::SIGNED_OFFSET } else { 0 };
     let vb = value_bytes(values);
     let run = widening_run(values);
+    // High nibbles in place where two chains a row separate the odd k-groups.
+    let in_place = L::HIGH_NIBBLES_IN_PLACE && values == Values::Four && chains(R) == 2;
     for k in 0..blocks {
         let pb = panel.as_ptr().add(k * layout.bytes);
         if ahead {
@@ -681,13 +723,13 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
                     L::zero_f()
                 };
                 let v = pb.add(if kind == Kind::Min { 64 } else { 32 });
-                let kg = kgroups::<L>(values, v);
+                let kg = kgroups::<L>(values, v, in_place);
                 for r in 0..R {
                     let a = qs[r].add(32 * k);
                     let mut dt = if signed {
-                        dot::<L, true>(&kg, 0..8, a, chains(R), run)
+                        dot::<L, true>(&kg, 0..8, a, chains(R), run, false)
                     } else {
-                        dot::<L, false>(&kg, 0..8, a, chains(R), run)
+                        dot::<L, false>(&kg, 0..8, a, chains(R), run, in_place)
                     };
                     if off != 0 {
                         dt = L::sub_i(dt, off * *sums32[r].add(k) as i32);
@@ -703,41 +745,54 @@ unsafe fn panel_tile<L: Lanes, const R: usize>(
                 let d = L::f16s(pb);
                 let dmin = L::f16s(pb.add(32));
                 // The sub-block scales multiply the exact integer dots in integers (at most
-                // 8 · 63 · 32 · 31 · 127 < 2^31), so one conversion and one FMA a super-block
-                // replace three float operations a sub-block.
+                // 8 · 63 · 32 · 31 · 127 < 2^31), and the minimums the activations' integer
+                // sub-block sums (8 · 63 · 32 · 127), so one conversion and one FMA a
+                // super-block replace three float operations a sub-block for each.
                 let mut isum = [L::zero_i(); R];
+                let mut imin = [L::zero_i(); R];
+                for pair in 0..4 {
+                    let mn = L::u8_pairs(pb.add(64 + 128 + 32 * pair));
+                    for r in 0..R {
+                        imin[r] = L::dot_pairs(imin[r], mn, sums32[r].add(8 * k + 2 * pair));
+                    }
+                }
                 for sub in 0..8 {
                     let sc = L::u8s_i(pb.add(64 + 16 * sub));
-                    let meff = L::mul(dmin, L::u8s(pb.add(64 + 128 + 16 * sub)));
-                    let kg = kgroups::<L>(values, pb.add(320 + sub * vb));
+                    let kg = kgroups::<L>(values, pb.add(320 + sub * vb), in_place);
                     for r in 0..R {
                         let a = qs[r].add(256 * k + 32 * sub);
-                        let dt = dot::<L, false>(&kg, 0..8, a, chains(R), run);
+                        let dt = dot::<L, false>(&kg, 0..8, a, chains(R), run, in_place);
                         isum[r] = L::add_i(isum[r], L::mullo_i(dt, sc));
-                        acc[r] = L::fnma_s(meff, *scaled[r].add(8 * k + sub), acc[r]);
                     }
                 }
                 for r in 0..R {
                     let da = *scales[r].add(k);
+                    acc[r] = L::fnma(L::cvt(imin[r]), L::mul_s(dmin, da), acc[r]);
                     acc[r] = L::fma(L::cvt(isum[r]), L::mul_s(d, da), acc[r]);
                 }
             }
             Kind::K6 => {
                 let d = L::f16s(pb);
+                // As Q4_K's: the signed 16-value sub-block scales multiply the integer dots
+                // (less the offset) in integers: at most 16 · 16 · 32 · 127 · 128 < 2^31.
+                let mut isum = [L::zero_i(); R];
                 for sub in 0..8 {
-                    let kg = kgroups::<L>(values, pb.add(288 + sub * vb));
+                    let kg = kgroups::<L>(values, pb.add(288 + sub * vb), false);
                     for half in 0..2 {
                         let s = 2 * sub + half;
-                        let deff = L::mul(d, L::i8s(pb.add(32 + 16 * s)));
+                        let sc = L::i8s_i(pb.add(32 + 16 * s));
                         for r in 0..R {
                             let a = qs[r].add(256 * k + 32 * sub);
                             let g = 4 * half..4 * half + 4;
-                            let dt = dot::<L, false>(&kg, g, a, chains(R), run);
+                            let dt = dot::<L, false>(&kg, g, a, chains(R), run, false);
                             let dt = L::sub_i(dt, 32 * *sums16[r].add(16 * k + s) as i32);
-                            let da = *scales[r].add(k);
-                            acc[r] = L::fma(L::cvt(dt), L::mul_s(deff, da), acc[r]);
+                            isum[r] = L::add_i(isum[r], L::mullo_i(dt, sc));
                         }
                     }
+                }
+                for r in 0..R {
+                    let da = *scales[r].add(k);
+                    acc[r] = L::fma(L::cvt(isum[r]), L::mul_s(d, da), acc[r]);
                 }
             }
         }
