@@ -157,7 +157,7 @@ macro_rules! entries {
                 let y = &mut out[start * PANEL..];
                 let count = a.len().min(TILE);
                 // The first tile streams the panel from memory; later ones find it in cache.
-                let ahead = start == 0;
+                let ahead = start == 0 && (count > 1 || prefetch_for_one_row());
                 match count {
                     1 => panel_tile::<$lanes, 1>(TY, panel, a, y, ahead),
                     2 => panel_tile::<$lanes, 2>(TY, panel, a, y, ahead),
@@ -655,6 +655,23 @@ unsafe fn dot<L: Lanes, const SIGNED: bool>(
 const PREFETCH_BYTES: usize = 2048;
 /// Further ahead, into L2 only: more requests in flight than the L1's fill buffers allow.
 const PREFETCH_L2_BYTES: usize = 12288;
+
+/// Whether a tile of one activation row (a decode step) prefetches its panel too. A tile of
+/// several rows is compute-bound, and the loads the hardware prefetcher left stalling added
+/// to the compute (Ice Lake and Zen 4 alike). One row is memory-bound: on Ice Lake the
+/// software prefetch made it faster too, on Zen 4 it made the 1.5B's decode step slower
+/// (alternating runs, 2 threads: 19.8 tok/s with it, 22.4 without; its hardware prefetcher
+/// streams the panels on its own, and the prefetch instructions cost issue slots and
+/// memory requests). So it is off for AMD's CPUs and on for the others.
+fn prefetch_for_one_row() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
+        let vendor = __cpuid(0);
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        !amd
+    })
+}
 
 /// Ask for the cache lines of `len` bytes from `p + PREFETCH_BYTES` on (a hint; it never
 /// faults, even past the end of the panel, where the next panel of the task follows).
