@@ -134,8 +134,45 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes, joined by ": " as `{:#}` joins them, but each cause only once:
+/// many errors (ours and our dependencies') print their source in their own message as well
+/// as returning it from `source()`, and `{:#}` would then say it twice.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    /// A missing config file names the file and the OS error once.
+    #[test]
+    fn each_cause_is_reported_once() {
+        let e = hlm_core::HlmError::ConfigRead {
+            path: "missing.toml".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let text = error_chain(&anyhow::Error::from(e).context("loading the pipeline"));
+        assert_eq!(
+            text,
+            "loading the pipeline: cannot read config file missing.toml: entity not found"
+        );
+        // A cause its parent does not repeat is still reported.
+        let e = anyhow::anyhow!("inner cause").context("outer");
+        assert_eq!(error_chain(&e), "outer: inner cause");
     }
 }
