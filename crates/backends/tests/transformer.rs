@@ -44,12 +44,12 @@ fn load(name: &str) -> Transformer {
         .expect("fixture loads")
 }
 
-/// A scratch folder of this test process (removed first if a previous run left it).
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hlm-transformer-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// A scratch folder, removed when the returned guard drops: also when the test fails.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("hlm-transformer-{name}-"))
+        .tempdir()
+        .expect("scratch dir")
 }
 
 fn copy_fixture(name: &str, to: &Path) {
@@ -416,7 +416,8 @@ fn out_of_vocabulary_and_empty_input_are_errors() {
 
 #[test]
 fn truncated_safetensors_names_the_file() {
-    let dir = scratch("truncated");
+    let scratch_dir = scratch("truncated");
+    let dir = scratch_dir.path().to_path_buf();
     copy_fixture("tiny-llama", &dir);
     let weights = dir.join("model.safetensors");
     let bytes = std::fs::read(&weights).expect("read");
@@ -427,12 +428,12 @@ fn truncated_safetensors_names_the_file() {
     let msg = err.to_string();
     assert!(msg.contains("model.safetensors"), "{msg}");
     assert!(msg.contains("corrupt or truncated"), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn garbage_safetensors_header_names_the_file() {
-    let dir = scratch("garbage");
+    let scratch_dir = scratch("garbage");
+    let dir = scratch_dir.path().to_path_buf();
     copy_fixture("tiny-llama", &dir);
     std::fs::write(
         dir.join("model.safetensors"),
@@ -444,13 +445,13 @@ fn garbage_safetensors_header_names_the_file() {
         .expect("must fail")
         .to_string();
     assert!(msg.contains("model.safetensors"), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn missing_tensor_is_named() {
     // tiny-qwen2 ties its embeddings; claiming it does not makes lm_head.weight required.
-    let dir = scratch("missing");
+    let scratch_dir = scratch("missing");
+    let dir = scratch_dir.path().to_path_buf();
     copy_fixture("tiny-qwen2", &dir);
     let config = std::fs::read_to_string(dir.join("config.json")).expect("config");
     let untied = config.replace(
@@ -465,12 +466,12 @@ fn missing_tensor_is_named() {
         .to_string();
     assert!(msg.contains("lm_head.weight"), "{msg}");
     assert!(msg.contains("model.safetensors"), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn shape_mismatch_is_an_error() {
-    let dir = scratch("shape");
+    let scratch_dir = scratch("shape");
+    let dir = scratch_dir.path().to_path_buf();
     copy_fixture("tiny-llama", &dir);
     let config = std::fs::read_to_string(dir.join("config.json")).expect("config");
     let wrong = config.replace("\"intermediate_size\": 48", "\"intermediate_size\": 40");
@@ -482,12 +483,12 @@ fn shape_mismatch_is_an_error() {
         .to_string();
     assert!(msg.contains("mlp.gate_proj.weight"), "{msg}");
     assert!(msg.contains("[48, 32]"), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn gguf_round_trip_matches_safetensors() {
-    let dir = scratch("gguf");
+    let scratch_dir = scratch("gguf");
+    let dir = scratch_dir.path().to_path_buf();
     let path = dir.join("tiny-llama.gguf");
     gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
     let r = reference("tiny-llama");
@@ -513,7 +514,6 @@ fn gguf_round_trip_matches_safetensors() {
         .expect("must fail")
         .to_string();
     assert!(msg.contains("cut.gguf"), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A GGUF model on wgpu keeps its linear weights as burn 8-bit blocks (1.125 bytes a weight
@@ -524,7 +524,8 @@ fn gguf_on_wgpu_keeps_8_bit_weights() {
     let Some(device) = wgpu_support::device_if_enabled() else {
         return;
     };
-    let dir = scratch("gguf-wgpu");
+    let scratch_dir = scratch("gguf-wgpu");
+    let dir = scratch_dir.path().to_path_buf();
     let path = dir.join("tiny-llama.gguf");
     gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
     let r = reference("tiny-llama");
@@ -573,12 +574,12 @@ fn gguf_on_wgpu_keeps_8_bit_weights() {
     );
     // Not the f32 numbers: the weights really were rounded.
     assert!(err > 0.0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn model_names_resolve_under_the_models_dir() {
-    let dir = scratch("models");
+    let scratch_dir = scratch("models");
+    let dir = scratch_dir.path().to_path_buf();
     std::fs::create_dir_all(dir.join("tiny")).expect("mkdir");
     let found = hlm_backends::resolve_model_path("tiny", Some(&dir)).expect("found");
     assert_eq!(found, dir.join("tiny"));
@@ -596,7 +597,6 @@ fn model_names_resolve_under_the_models_dir() {
         .expect_err("unknown")
         .to_string();
     assert!(msg.contains("cpu") && msg.contains("wgpu"), "{msg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -623,7 +623,8 @@ fn spec_builds_from_config() {
 #[test]
 fn gguf_embedded_tokenizer_encodes_and_decodes() {
     use gguf_writer::Value;
-    let dir = scratch("tokenizer");
+    let scratch_dir = scratch("tokenizer");
+    let dir = scratch_dir.path().to_path_buf();
     let path = dir.join("tiny-llama.gguf");
     gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &path);
     // Re-open the written model file and append tokenizer metadata by rebuilding it.
@@ -677,7 +678,6 @@ fn gguf_embedded_tokenizer_encodes_and_decodes() {
         DraftModel::tokenizer(&plain).is_none(),
         "no tokenizer metadata"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

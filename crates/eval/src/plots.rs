@@ -318,8 +318,8 @@ mod tests {
 
     #[test]
     fn plots_are_written_as_svg_and_png() {
-        let dir = std::env::temp_dir().join(format!("hlm-plot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let files = draw(
             &dir.join("t"),
             "title",
@@ -332,6 +332,5 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.contains("title"));
         let png = std::fs::read(&files[1]).unwrap();
         assert_eq!(&png[1..4], b"PNG");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -432,7 +432,8 @@ mod tests {
 
     #[test]
     fn includes_merge_under_the_file_and_replace_other_types() {
-        let dir = std::env::temp_dir().join(format!("hlm-include-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         std::fs::create_dir_all(dir.join("p")).unwrap();
         std::fs::write(
             dir.join("p/link.toml"),
@@ -478,7 +479,6 @@ mod tests {
         let fan =
             resolve_includes("include = \"fan0.toml\"".parse().unwrap(), &dir, 0).unwrap_err();
         assert!(fan.contains("256 includes"), "{fan}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

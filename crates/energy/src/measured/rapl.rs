@@ -85,32 +85,28 @@ mod tests {
     use super::*;
     use crate::measured::EnergyWindow;
 
-    fn fake_tree(zones: &[(&str, &str, u64, u64)]) -> PathBuf {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "hlm-rapl-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
+    /// A powercap tree of `zones`, removed when the guard drops (also when a test fails).
+    fn fake_tree(zones: &[(&str, &str, u64, u64)]) -> tempfile::TempDir {
+        let tree = tempfile::tempdir().unwrap();
         for (dir, name, energy, max) in zones {
-            let d = root.join(dir);
+            let d = tree.path().join(dir);
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("name"), format!("{name}\n")).unwrap();
             std::fs::write(d.join("energy_uj"), format!("{energy}\n")).unwrap();
             std::fs::write(d.join("max_energy_range_uj"), format!("{max}\n")).unwrap();
         }
-        root
+        tree
     }
 
     #[test]
     fn window_sums_top_level_packages_across_a_wrap() {
-        let root = fake_tree(&[
+        let tree = fake_tree(&[
             ("intel-rapl:0", "package-0", 999_000_000, 1_000_000_000),
             ("intel-rapl:1", "package-1", 5_000_000, 1_000_000_000),
             ("intel-rapl:0:0", "core", 1, 1_000_000_000),
         ]);
-        let meter = RaplMeter::open_at(&root).unwrap();
+        let root = tree.path();
+        let meter = RaplMeter::open_at(root).unwrap();
         let w = EnergyWindow::start(&meter).unwrap();
         // package-0 wraps: 999 J -> 1000 J (range) -> 2 J, i.e. 3 J; package-1 uses 1.5 J.
         std::fs::write(root.join("intel-rapl:0/energy_uj"), "2000000\n").unwrap();
@@ -125,23 +121,22 @@ mod tests {
         );
         assert!((m.zones[0].1 - 3.0).abs() < 1e-9, "{:?}", m.zones);
         assert!((m.joules - 4.5).abs() < 1e-9, "{}", m.joules);
-        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
     fn missing_and_unreadable_counters_say_why() {
         let e = RaplMeter::open_at(Path::new("/nonexistent/powercap")).unwrap_err();
         assert!(e.to_string().contains("no RAPL energy counters"), "{e}");
-        let root = fake_tree(&[("intel-rapl:0", "package-0", 1, 10)]);
+        let tree = fake_tree(&[("intel-rapl:0", "package-0", 1, 10)]);
+        let root = tree.path();
         std::fs::write(root.join("intel-rapl:0/energy_uj"), "lots\n").unwrap();
-        let e = RaplMeter::open_at(&root).unwrap_err();
+        let e = RaplMeter::open_at(root).unwrap_err();
         assert!(
             e.to_string().contains("not a number") && e.to_string().contains("energy_uj"),
             "{e}"
         );
         std::fs::remove_file(root.join("intel-rapl:0/energy_uj")).unwrap();
-        let e = RaplMeter::open_at(&root).unwrap_err();
+        let e = RaplMeter::open_at(root).unwrap_err();
         assert!(e.to_string().contains("root"), "{e}");
-        let _ = std::fs::remove_dir_all(&root);
     }
 }
