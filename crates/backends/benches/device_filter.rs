@@ -17,8 +17,8 @@ use burn::tensor::{Tensor, TensorData};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hlm_backends::{DeviceLogits, Transformer, parse_device, resolve_model_path};
 use hlm_core::{
-    AttentionMap, DraftModel, HostLogits, LayerAttention, LayerSelection, NextTokenLogits,
-    TokenView, UncertaintyEstimator, UploadRule,
+    AttentionMap, DraftModel, HostLogits, LanguageModel, LayerAttention, LayerSelection,
+    NextTokenLogits, TokenView, UncertaintyEstimator, UploadRule,
 };
 use hlm_filters::{
     AttentionImportance, Combine, ImportanceCondition, MeanStdThreshold, RiskBoundThreshold,
@@ -148,7 +148,7 @@ fn decode_step(c: &mut Criterion, label: &str, dev: &burn::tensor::Device) {
     c.bench_function(&format!("{label}: {name} decode step (context 64)"), |b| {
         b.iter(|| {
             let step = DraftModel::forward(&mut model, &[42], Some(&LayerSelection::Last));
-            let _ = DraftModel::truncate(&mut model, 64);
+            let _ = model.truncate(64);
             black_box(step.ok().map(|s| s.logits.vocab_size()))
         })
     });

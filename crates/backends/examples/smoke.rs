@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use hlm_backends::{Transformer, parse_device};
-use hlm_core::{DraftModel, Result, TokenId};
+use hlm_core::{DraftModel, LanguageModel, Result, TokenId};
 
 fn run(model_path: &str, prompt: &str, n_new: usize, device: &str) -> Result<()> {
     let t0 = Instant::now();

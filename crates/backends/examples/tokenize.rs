@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use hlm_backends::{Transformer, parse_device};
-use hlm_core::{DraftModel, HlmError, Result};
+use hlm_core::{HlmError, LanguageModel, Result};
 
 fn run(model: &str, texts: &str) -> Result<()> {
     let model = Transformer::load(Path::new(model), &parse_device("cpu")?)?;

@@ -1,9 +1,7 @@
 //! # hlm-backends
 //!
-//! The models of the hybrid pipeline and the verifier that runs a model locally:
-//!
-//! - [`verifier::LocalVerifier`] (`[verifier] type = "local"`): speculative-sampling
-//!   verification on a [`hlm_core::TargetModel`] in this process, with KV rollback.
+//! The models of the hybrid pipeline (the verifier that runs any of them in this process is
+//! [`hlm_core::LocalVerifier`]):
 //!
 //! - [`transformer::Transformer`] (`type = "transformer"`): LLaMA/Qwen2 decoders on burn,
 //!   loaded from GGUF or safetensors; usable as draft and as target model.
@@ -16,14 +14,11 @@ pub mod gguf;
 mod layout;
 pub mod logits;
 pub mod transformer;
-pub mod verifier;
 
 pub use logits::DeviceLogits;
 pub use transformer::{
-    Precision, Transformer, TransformerSpec, WeightLayout, forward_all_batch, forward_tail_batch,
-    parse_device, resolve_model_path,
+    Precision, Transformer, TransformerSpec, WeightLayout, parse_device, resolve_model_path,
 };
-pub use verifier::{LocalVerifier, LocalVerifierSpec, RuleChoice};
 
 /// Force-link the typetag registrations of this crate into a binary.
 pub fn link() {}

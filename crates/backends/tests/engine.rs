@@ -5,11 +5,11 @@ mod support;
 
 use std::collections::HashMap;
 
-use hlm_backends::LocalVerifier;
 use hlm_core::sampling::{argmax, softmax_with_temperature, token_index_bits};
 use hlm_core::{
-    AcceptanceRule, FilterAction, GenerationConfig, Judgement, Pipeline, Result, SpeculationConfig,
-    SpeculativeSampling, TokenId, TokenKind, TokenView, UploadCodec, UploadDecision, UploadRule,
+    AcceptanceRule, FilterAction, GenerationConfig, Judgement, LanguageModel, LocalVerifier,
+    Pipeline, Result, SpeculationConfig, SpeculativeSampling, TokenId, TokenKind, TokenView,
+    UploadCodec, UploadDecision, UploadRule,
 };
 use hlm_filters::{AlwaysUpload, DenseCodec, NeverUpload, TokenOnlyCodec};
 use rand::RngCore;
@@ -65,7 +65,7 @@ fn build(
         draft: Some(Box::new(TableLm::new(s.vocab, DRAFT_SEED, 3.0))),
         verifier: Some(Box::new(LocalVerifier::new(
             Box::new(TableLm::new(s.vocab, TARGET_SEED, 3.0)),
-            rule,
+            rule.into(),
         ))),
         upload: Some(upload),
         codec: Some(codec),
@@ -620,7 +620,7 @@ fn lossless_on_tiny_transformers_at_fast_precision() {
         }
         let mut hist = prompt.to_vec();
         hist.extend(&seq);
-        TargetModel::truncate(&mut target, 0).unwrap();
+        target.truncate(0).unwrap();
         let logits = target.forward_all(&hist).unwrap().pop().unwrap();
         let y = softmax_with_temperature(&logits, temperature);
         for (t, &q) in y.iter().enumerate() {
@@ -633,7 +633,7 @@ fn lossless_on_tiny_transformers_at_fast_precision() {
     assert!(testable >= 20, "only {testable} cells can be tested");
     let pipeline = |rule: Box<dyn AcceptanceRule>| {
         let draft: Box<dyn DraftModel> = Box::new(load("tiny-llama"));
-        let verifier = LocalVerifier::new(Box::new(load("tiny-qwen2")), rule);
+        let verifier = LocalVerifier::new(Box::new(load("tiny-qwen2")), rule.into());
         let mut p = build(
             &Setup {
                 vocab: 64,

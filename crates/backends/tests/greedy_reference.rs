@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use hlm_backends::{Precision, Transformer, WeightLayout};
-use hlm_core::{TargetModel, TokenId};
+use hlm_core::{LanguageModel, TargetModel, TokenId};
 use serde::Deserialize;
 
 /// Tokens that must agree (the fixture holds more; the issue asks for 32).

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use hlm_backends::{Precision, Transformer, WeightLayout};
-use hlm_core::{DraftModel, LayerSelection, TargetModel, TokenId};
+use hlm_core::{DraftModel, LanguageModel, LayerSelection, TargetModel, TokenId};
 use serde::Deserialize;
 
 const TOLERANCE: f32 = 1e-4;
@@ -92,10 +92,7 @@ fn prefill_and_decode_match_reference(name: &str) {
             "decode logits",
         );
     }
-    assert_eq!(
-        TargetModel::context_len(&m),
-        r.input_ids.len() + r.extra_ids.len()
-    );
+    assert_eq!(m.context_len(), r.input_ids.len() + r.extra_ids.len());
 }
 
 fn newest_attention_matches_reference(name: &str) {
@@ -111,7 +108,7 @@ fn newest_attention_matches_reference(name: &str) {
     );
     let map = step.attention.expect("attention requested");
     assert_eq!(map.layers.len(), 1);
-    assert_eq!(map.layers[0].layer, DraftModel::n_layers(&m) - 1);
+    assert_eq!(map.layers[0].layer, m.config().n_layers - 1);
     assert_rows_close(
         &map.layers[0].heads,
         &r.attentions_last_layer_newest,
@@ -120,7 +117,7 @@ fn newest_attention_matches_reference(name: &str) {
     );
     let all = DraftModel::forward(&mut m, &[3], Some(&LayerSelection::All)).expect("fwd");
     let map = all.attention.expect("attention");
-    assert_eq!(map.layers.len(), DraftModel::n_layers(&m));
+    assert_eq!(map.layers.len(), m.config().n_layers);
     for layer in &map.layers {
         for head in &layer.heads {
             assert_eq!(head.len(), r.input_ids.len() + 1);
@@ -135,8 +132,8 @@ fn rollback_and_refeed_reproduce_logits(name: &str) {
     let mut m = load(name);
     m.forward_all(&r.input_ids).expect("prefill");
     let first = m.forward_all(&r.extra_ids).expect("extra");
-    TargetModel::truncate(&mut m, r.input_ids.len()).expect("rollback");
-    assert_eq!(TargetModel::context_len(&m), r.input_ids.len());
+    LanguageModel::truncate(&mut m, r.input_ids.len()).expect("rollback");
+    assert_eq!(m.context_len(), r.input_ids.len());
     let again = m.forward_all(&r.extra_ids).expect("extra again");
     assert_rows_close(&again, &first, 1e-6, "after rollback");
     assert_rows_close(
@@ -146,13 +143,10 @@ fn rollback_and_refeed_reproduce_logits(name: &str) {
         "after rollback vs reference",
     );
     // A deeper rollback into the prompt, then the rest of the prompt again.
-    TargetModel::truncate(&mut m, 5).expect("rollback");
+    m.truncate(5).expect("rollback");
     let rest = m.forward_all(&r.input_ids[5..]).expect("refeed");
     assert_rows_close(&rest, &r.logits[5..], TOLERANCE, "refed prompt");
-    assert!(
-        TargetModel::truncate(&mut m, 100).is_err(),
-        "cannot grow by truncation"
-    );
+    assert!(m.truncate(100).is_err(), "cannot grow by truncation");
 }
 
 fn batch_equals_token_by_token(name: &str) {
@@ -218,7 +212,7 @@ fn pieces_equal_one_pass(name: &str, precision: Precision) {
                 want[n - tail.min(n)..],
                 "{name} {precision} chunk {chunk}: the last {tail} rows"
             );
-            assert_eq!(TargetModel::context_len(&m), n);
+            assert_eq!(m.context_len(), n);
         }
     }
     // Sessions of one model with feeds of different lengths, batched, in pieces of 3.
@@ -232,7 +226,7 @@ fn pieces_equal_one_pass(name: &str, precision: Precision) {
         for s in sessions.iter_mut() {
             refs.push(s.as_mut());
         }
-        hlm_backends::forward_all_batch(&mut refs, &feeds)
+        hlm_core::forward_all_batch(&mut refs, &feeds)
     };
     for (i, (got, feed)) in got.into_iter().zip(&feeds).enumerate() {
         let mut alone = load_chunked(None);
@@ -248,7 +242,7 @@ fn pieces_equal_one_pass(name: &str, precision: Precision) {
         for s in sessions.iter_mut() {
             refs.push(s.as_mut());
         }
-        hlm_backends::forward_tail_batch(&mut refs, &feeds, &tails)
+        hlm_core::forward_tail_batch(&mut refs, &feeds, &tails)
     };
     for (i, ((got, feed), tail)) in got.into_iter().zip(&feeds).zip(tails).enumerate() {
         let want = load_chunked(None).forward_all(feed).expect("alone");
@@ -331,7 +325,7 @@ fn burn_passes_in_pieces_match_one_pass() {
         &want[n - 1..],
         "burn, chunk 2: a prompt's step",
     );
-    assert_eq!(DraftModel::context_len(&stepped), n);
+    assert_eq!(stepped.context_len(), n);
 }
 
 #[test]
@@ -339,7 +333,7 @@ fn impossible_prefill_chunk_is_refused_by_name() {
     let ctx = hlm_core::BuildContext {
         device: "cpu".into(),
         models_dir: None,
-        link_toml: None,
+        link: None,
     };
     for bad in [0, (1 << 16) + 1] {
         let spec = hlm_backends::TransformerSpec {
@@ -404,11 +398,7 @@ fn out_of_vocabulary_and_empty_input_are_errors() {
         .forward_all(&[64])
         .expect_err("id 64 is outside 64 tokens");
     assert!(err.to_string().contains("64"), "{err}");
-    assert_eq!(
-        TargetModel::context_len(&m),
-        0,
-        "state untouched after an error"
-    );
+    assert_eq!(m.context_len(), 0, "state untouched after an error");
     assert!(m.forward_all(&[]).is_err());
     let mut capped = load("tiny-llama").with_max_context(4);
     assert!(capped.forward_all(&[1, 2, 3, 4, 5]).is_err());
@@ -609,7 +599,7 @@ fn spec_builds_from_config() {
     let ctx = hlm_core::BuildContext {
         device: "wgpu".into(),
         models_dir: None,
-        link_toml: None,
+        link: None,
     };
     let draft = hlm_core::DraftModelSpec::build(&spec, &ctx).expect("draft builds");
     assert_eq!(draft.max_context(), 64);
@@ -666,7 +656,7 @@ fn gguf_embedded_tokenizer_encodes_and_decodes() {
             .kv("tokenizer.ggml.add_bos_token", Value::Bool(false));
     });
     let model = Transformer::load(&tok_path, &Device::flex()).expect("loads");
-    let tok = DraftModel::tokenizer(&model).expect("tokenizer from GGUF");
+    let tok = model.tokenizer().expect("tokenizer from GGUF");
     let text = "<|im_start|>hello world<|im_end|>";
     let ids = tok.encode(text).expect("encode");
     assert_eq!(ids, expected);
@@ -674,10 +664,7 @@ fn gguf_embedded_tokenizer_encodes_and_decodes() {
     assert_eq!(tok.eos_ids(), &[2]);
     assert_eq!(tok.vocab_size(), 64);
     let plain = Transformer::load(&path, &Device::flex()).expect("loads");
-    assert!(
-        DraftModel::tokenizer(&plain).is_none(),
-        "no tokenizer metadata"
-    );
+    assert!(plain.tokenizer().is_none(), "no tokenizer metadata");
 }
 
 #[test]
@@ -697,7 +684,7 @@ fn explicit_layer_indices_select_attention() {
     );
     let bad = LayerSelection::Indices(vec![2]);
     assert!(DraftModel::forward(&mut m, &[1], Some(&bad)).is_err());
-    assert_eq!(DraftModel::context_len(&m), r.input_ids.len());
+    assert_eq!(m.context_len(), r.input_ids.len());
 }
 
 /// The same reference on the wgpu backend. Needs a GPU (or software) adapter, so it only
@@ -748,7 +735,7 @@ fn sessions_batched_in_one_pass_match_separate_passes() {
             for m in forks.iter_mut() {
                 refs.push(m.as_mut());
             }
-            hlm_backends::forward_all_batch(&mut refs, &feeds)
+            hlm_core::forward_all_batch(&mut refs, &feeds)
         };
         for (i, (g, w)) in got.into_iter().zip(&want).enumerate() {
             assert_rows_close(
@@ -774,10 +761,10 @@ fn sessions_batched_in_one_pass_match_separate_passes() {
         let mut other = base.fork().expect("fork");
         small.forward_all(&[1]).expect("prefill");
         other.forward_all(&[1]).expect("prefill");
-        let too_long = vec![3; TargetModel::max_context(&base) + 1];
+        let too_long = vec![3; base.max_context() + 1];
         let got = {
             let mut refs: Vec<&mut dyn TargetModel> = vec![small.as_mut(), other.as_mut()];
-            hlm_backends::forward_all_batch(&mut refs, &[&too_long, &[4]])
+            hlm_core::forward_all_batch(&mut refs, &[&too_long, &[4]])
         };
         assert!(
             got[0]
@@ -790,5 +777,41 @@ fn sessions_batched_in_one_pass_match_separate_passes() {
             1,
             "the refused session's state did not move"
         );
+    }
+}
+
+/// `hlm_core::forward_tail_batch` on a mix of models: sessions of two models, interleaved,
+/// run in one pass per model's weights (grouped by `weights_key`), and each gets the logits
+/// of its own pass.
+#[test]
+fn a_batch_of_two_models_sessions_groups_them_by_weights() {
+    let llama = load("tiny-llama");
+    let qwen = load("tiny-qwen2");
+    assert_ne!(
+        TargetModel::weights_key(&llama),
+        TargetModel::weights_key(&qwen)
+    );
+    let mut sessions: Vec<Box<dyn TargetModel>> = vec![
+        llama.fork().expect("fork"),
+        qwen.fork().expect("fork"),
+        llama.fork().expect("fork"),
+        qwen.fork().expect("fork"),
+    ];
+    assert_eq!(sessions[0].weights_key(), sessions[2].weights_key());
+    let feeds: [&[TokenId]; 4] = [&[1, 5, 17], &[2, 9], &[7, 3, 60, 11], &[4]];
+    let tails = [1, 2, 4, 1];
+    let got = {
+        let mut refs: Vec<&mut dyn TargetModel> = Vec::new();
+        for s in sessions.iter_mut() {
+            refs.push(s.as_mut());
+        }
+        hlm_core::forward_tail_batch(&mut refs, &feeds, &tails)
+    };
+    for (i, got) in got.into_iter().enumerate() {
+        let model = if i % 2 == 0 { &llama } else { &qwen };
+        let mut alone = model.fork().expect("fork");
+        let want = alone.forward_tail(feeds[i], tails[i]).expect("alone");
+        assert_rows_close(&got.expect("batched"), &want, 1e-5, &format!("session {i}"));
+        assert_eq!(sessions[i].context_len(), feeds[i].len(), "session {i}");
     }
 }

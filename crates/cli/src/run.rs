@@ -100,7 +100,7 @@ impl OverrideArgs {
                     .clone()
                     .unwrap_or_else(hlm_core::registry::models_dir),
             ),
-            link_toml: None,
+            link: None,
         }
     }
 }

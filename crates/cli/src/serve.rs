@@ -49,7 +49,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             args.models_dir
                 .unwrap_or_else(hlm_core::registry::models_dir),
         ),
-        link_toml: None,
+        link: None,
     };
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message("loading the model…");

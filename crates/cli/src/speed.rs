@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use hlm_backends::{Precision, TransformerSpec};
-use hlm_core::{BuildContext, DraftModel, TargetModel, TokenId};
+use hlm_core::{BuildContext, DraftModel, LanguageModel, TargetModel, TokenId};
 use serde_json::json;
 
 /// Options of `hlm speed`.
@@ -91,21 +91,21 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
     let ctx = BuildContext {
         device: args.device.clone(),
         models_dir: args.models_dir.clone(),
-        link_toml: None,
+        link: None,
     };
     let t0 = Instant::now();
     let mut model = spec
         .load(&ctx)
         .with_context(|| format!("cannot load {}", args.model))?;
     let load_s = t0.elapsed().as_secs_f64();
-    let vocab = TargetModel::vocab_size(&model);
+    let vocab = model.vocab_size();
     let need = args
         .decode_tokens
         .checked_add(1)
         .map(|d| d.max(args.prompt_tokens))
         .and_then(|n| n.checked_add(args.verify_positions))
         .context("--prompt-tokens, --decode-tokens and --verify-positions are too large")?;
-    let max = TargetModel::max_context(&model);
+    let max = model.max_context();
     if need > max {
         bail!("the measurements need {need} positions, the model allows {max}");
     }
@@ -127,12 +127,12 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
     // are the target's (logits of every position fed).
     for rep in 0..=args.repetitions {
         let m = &mut model;
-        DraftModel::truncate(m, 0)?;
+        LanguageModel::truncate(m, 0)?;
         let t = Instant::now();
         DraftModel::forward(m, &prompt, None)?;
         let prefill_s = t.elapsed().as_secs_f64();
 
-        DraftModel::truncate(m, 0)?;
+        LanguageModel::truncate(m, 0)?;
         let mut last = DraftModel::forward(m, &prompt[..1], None)?
             .logits
             .to_host()?;
@@ -143,9 +143,9 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
         }
         let decode_s = t.elapsed().as_secs_f64();
 
-        TargetModel::truncate(m, 0)?;
+        LanguageModel::truncate(m, 0)?;
         m.forward_all(&prompt)?;
-        let base = TargetModel::context_len(m);
+        let base = LanguageModel::context_len(m);
         let drafts: Vec<TokenId> = prompt
             .iter()
             .copied()
@@ -155,7 +155,7 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
         let t = Instant::now();
         m.forward_all(&drafts)?;
         let verify_s = t.elapsed().as_secs_f64();
-        TargetModel::truncate(m, base)?;
+        LanguageModel::truncate(m, base)?;
         let t = Instant::now();
         m.forward_all(&drafts[..1])?;
         let step_s = t.elapsed().as_secs_f64();
@@ -177,7 +177,7 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
             "{}",
             json!({
                 "model": args.model,
-                "description": TargetModel::describe(&model),
+                "description": model.describe(),
                 "precision": precision.name(),
                 "kernels": hlm_backends::gguf::int8::Isa::detect().name(),
                 "threads": rayon_threads(),
@@ -199,7 +199,7 @@ pub fn speed(args: SpeedArgs) -> Result<()> {
     } else {
         println!(
             "{} (loaded in {load_s:.1} s; {} kernels)",
-            TargetModel::describe(&model),
+            model.describe(),
             hlm_backends::gguf::int8::Isa::detect().name()
         );
         println!(

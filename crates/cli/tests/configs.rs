@@ -439,7 +439,7 @@ proptest::proptest! {
                 return Ok(());
             }
         };
-        let ctx = hlm_core::BuildContext { device: "cpu".into(), models_dir: None, link_toml: None };
+        let ctx = hlm_core::BuildContext { device: "cpu".into(), models_dir: None, link: None };
         if let Ok(mut p) = hlm_core::Pipeline::from_config(cfg, &ctx) {
             let _ = p.generate(&[1, 5, 17], &mut |_| {});
         }

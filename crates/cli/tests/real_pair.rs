@@ -46,7 +46,7 @@ fn real_pair(name: &str) -> hlm_core::Pipeline {
     let ctx = BuildContext {
         device: "cpu".into(),
         models_dir: Some(hlm_core::registry::models_dir()),
-        link_toml: None,
+        link: None,
     };
     hlm_core::Pipeline::from_config(cfg, &ctx).expect("the Qwen pair (fetched?)")
 }

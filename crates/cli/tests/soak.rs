@@ -70,7 +70,7 @@ fn run(text: &str, seed: u64) -> RunReport {
     let ctx = BuildContext {
         device: "cpu".into(),
         models_dir: None,
-        link_toml: None,
+        link: None,
     };
     let mut p = Pipeline::from_config(cfg, &ctx).expect("pipeline");
     let prompt = [1, 5, 17, (seed % 60) as u32 + 2];

@@ -41,6 +41,12 @@ impl LinkModel for FixedRateLink {
         positive("link.downlink_bps", self.downlink_bps)?;
         non_negative("link.latency_s", self.latency_s)
     }
+
+    fn fresh(&self) -> Box<dyn LinkModel> {
+        let mut link = self.clone();
+        link.reset();
+        Box::new(link)
+    }
 }
 
 #[cfg(test)]

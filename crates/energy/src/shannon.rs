@@ -299,6 +299,12 @@ impl LinkModel for ShannonLink {
     fn reset(&mut self) {
         self.block = FadeBlock::default();
     }
+
+    fn fresh(&self) -> Box<dyn LinkModel> {
+        let mut link = self.clone();
+        link.reset();
+        Box::new(link)
+    }
 }
 
 #[cfg(test)]
@@ -507,6 +513,41 @@ mod tests {
     /// Recover |h|² from the reported rate: SNR = 2^(R/W) − 1 = 1000·|h|².
     fn fade_of(t: &Transfer) -> f64 {
         ((t.rate_bps / 10e6).exp2() - 1.0) / 1000.0
+    }
+
+    #[test]
+    fn a_fresh_link_starts_its_own_coherence_block() {
+        // A block of 4 messages: after one transfer the link holds a fade for 3 more.
+        let mut used = ShannonLink {
+            fading: Fading::Rayleigh,
+            coherence_messages: 4,
+            ..snr_1000()
+        };
+        used.transfer(8, Direction::Uplink, 0.0, &mut rng())
+            .unwrap();
+        let mut fresh = used.fresh();
+        let mut new = ShannonLink {
+            fading: Fading::Rayleigh,
+            coherence_messages: 4,
+            ..snr_1000()
+        };
+        // Seeded alike, the fresh copy draws as a new link does; the used one keeps its fade.
+        let mut rng_a = ChaCha8Rng::seed_from_u64(99);
+        let mut rng_b = ChaCha8Rng::seed_from_u64(99);
+        let a = fresh
+            .transfer(8, Direction::Uplink, 0.0, &mut rng_a)
+            .unwrap();
+        let b = new.transfer(8, Direction::Uplink, 0.0, &mut rng_b).unwrap();
+        assert_eq!(a, b);
+        let mut rng_c = ChaCha8Rng::seed_from_u64(99);
+        let c = used
+            .transfer(8, Direction::Uplink, 0.0, &mut rng_c)
+            .unwrap();
+        assert_ne!(
+            fade_of(&c),
+            fade_of(&a),
+            "the used link's fade is its first draw's"
+        );
     }
 
     #[test]

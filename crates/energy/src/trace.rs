@@ -223,6 +223,12 @@ impl LinkModel for TraceLink {
         non_negative("link.latency_s", self.latency_s)?;
         self.trace().map(|_| ())
     }
+
+    fn fresh(&self) -> Box<dyn LinkModel> {
+        let mut link = self.clone();
+        link.reset();
+        Box::new(link)
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::adaptive::AdaptiveGamma;
@@ -26,6 +26,7 @@ use crate::config::{FilterAction, GenerationConfig, PipelineConfig, SpeculationC
 use crate::logits::NextTokenLogits;
 use crate::sampling::{softmax_with_temperature, token_index_bits};
 use crate::stats::{RunStats, TokenEvent, TokenKind};
+use crate::streams::RandomStream;
 use crate::{
     BuildContext, CodecHints, Costs, Direction, DraftModel, DraftToken, EnergyModel, HlmError,
     LinkModel, Result, SessionParams, TextTokenizer, TokenId, TokenView, Transfer, UploadCodec,
@@ -34,12 +35,6 @@ use crate::{
 
 /// The draft model's logits for the next position, wherever they live.
 type Logits = Box<dyn NextTokenLogits>;
-
-/// Random streams of a run, one per consumer, so that (for example) changing the filter does
-/// not change the draft samples of the same seed.
-const STREAM_DRAFT: u64 = 1;
-const STREAM_FILTER: u64 = 2;
-const STREAM_LINK: u64 = 3;
 
 /// A built pipeline, ready to generate.
 pub struct Pipeline {
@@ -129,9 +124,7 @@ impl Pipeline {
     ) -> Result<Models> {
         let mut ctx = ctx.clone();
         if let Some(link) = &cfg.link {
-            ctx.link_toml = Some(toml::to_string(link).map_err(|e| {
-                HlmError::invalid("link", "?", format!("cannot serialise the link model: {e}"))
-            })?);
+            ctx.link = Some(Arc::from(link.fresh()));
         }
         let ctx = &ctx;
         let draft = match &cfg.draft {
@@ -302,11 +295,6 @@ impl<'p, 'c> Run<'p, 'c> {
         on_token: &'c mut dyn FnMut(&TokenEvent),
     ) -> Self {
         let seed = p.generation.seed;
-        let stream = |s: u64| {
-            let mut r = ChaCha8Rng::seed_from_u64(seed);
-            r.set_stream(s);
-            r
-        };
         let eos = if p.generation.stop_at_eos {
             p.tokenizer
                 .as_ref()
@@ -327,9 +315,9 @@ impl<'p, 'c> Run<'p, 'c> {
             p,
             prompt: prompt.to_vec(),
             on_token,
-            rng_draft: stream(STREAM_DRAFT),
-            rng_filter: stream(STREAM_FILTER),
-            rng_link: stream(STREAM_LINK),
+            rng_draft: RandomStream::Draft.rng(seed),
+            rng_filter: RandomStream::Filter.rng(seed),
+            rng_link: RandomStream::Link.rng(seed),
             eos,
             idx_bits,
             committed: Vec::new(),

@@ -9,10 +9,11 @@
 //!
 //! | trait | role | implemented in |
 //! |---|---|---|
-//! | [`DraftModel`] / [`DraftModelSpec`] | device model: logits, attention, rollback | `hlm-backends` |
+//! | [`LanguageModel`] | what both models share: vocabulary, KV state and rollback, tokenizer | `hlm-backends` |
+//! | [`DraftModel`] / [`DraftModelSpec`] | device model: logits, attention | `hlm-backends` |
 //! | [`TargetModel`] / [`TargetModelSpec`] | server model: logits of every position | `hlm-backends` |
-//! | [`Verifier`] / [`VerifierSpec`] | verification session with rollback | `hlm-backends` |
-//! | [`AcceptanceRule`] | accept/resample math | here ([`SpeculativeSampling`], [`GreedyMatch`]) |
+//! | [`Verifier`] / [`VerifierSpec`] | verification session with rollback | here ([`LocalVerifier`], any [`TargetModel`]), `hlm-net` (`RemoteVerifier`) |
+//! | [`AcceptanceRule`] / [`ConfiguredRule`] | accept/resample math | here ([`SpeculativeSampling`], [`GreedyMatch`]) |
 //! | [`UploadRule`] | the per-token upload decision | `hlm-filters` |
 //! | [`UncertaintyEstimator`], [`ImportanceScorer`], [`ThresholdPolicy`] | filter parts | `hlm-filters` |
 //! | [`UploadCodec`] | what an upload carries, exact bits | `hlm-filters` |
@@ -24,6 +25,7 @@
 //! runs the decoding loop.
 
 pub mod adaptive;
+pub mod batch;
 pub mod codec;
 pub mod config;
 pub mod energy;
@@ -31,16 +33,19 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod link;
+pub mod local_verifier;
 pub mod logits;
 pub mod model;
 pub mod registry;
 pub mod sampling;
 pub mod speculative;
 pub mod stats;
+pub mod streams;
 pub mod tokenizer;
 pub mod types;
 pub mod verify;
 
+pub use batch::{WeightsKey, forward_all_batch, forward_tail_batch};
 pub use codec::{CodecHints, ProbQuantization, UploadCodec, UploadPayload};
 pub use config::{FilterAction, GenerationConfig, PipelineConfig, SpeculationConfig};
 pub use energy::{Components, Costs, EnergyModel, Work};
@@ -51,13 +56,17 @@ pub use filter::{
     UploadDecision, UploadRule,
 };
 pub use link::{Direction, LinkModel, Transfer};
+pub use local_verifier::{LocalVerifier, LocalVerifierSpec, verify_batch};
 pub use logits::{HostLogits, NextTokenLogits};
 pub use model::{
-    BuildContext, DraftModel, DraftModelSpec, DraftStep, MemoryProfile, TargetModel,
+    BuildContext, DraftModel, DraftModelSpec, DraftStep, LanguageModel, MemoryProfile, TargetModel,
     TargetModelSpec,
 };
-pub use speculative::{AcceptanceRule, GreedyMatch, Judgement, SpeculativeSampling};
+pub use speculative::{
+    AcceptanceRule, ConfiguredRule, GreedyMatch, Judgement, SpeculativeSampling,
+};
 pub use stats::{RunStats, Savings, TokenEvent, TokenKind};
+pub use streams::RandomStream;
 pub use tokenizer::{StreamDecoder, TextTokenizer};
 pub use types::{AttentionMap, LayerAttention, LayerSelection, TokenId};
 pub use verify::{

@@ -55,4 +55,8 @@ pub trait LinkModel: std::fmt::Debug + Send + Sync {
     }
     /// Reset per-run state (fading block, trace position).
     fn reset(&mut self) {}
+    /// A link of this configuration with fresh per-run state, for a second user of the same
+    /// `[link]` (the network emulator of a remote verifier) that must not share this one's
+    /// state. Usually `let mut l = self.clone(); l.reset(); Box::new(l)`.
+    fn fresh(&self) -> Box<dyn LinkModel>;
 }

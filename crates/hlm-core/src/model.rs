@@ -15,27 +15,16 @@ pub struct DraftStep {
     pub attention: Option<AttentionMap>,
 }
 
-/// The small model on the device: next-token logits, optional attention, rollback.
-///
-/// The model owns a KV state holding every token fed so far. `forward` appends to it;
-/// `truncate` rolls it back to any earlier length (after a rejected draft).
-pub trait DraftModel: Send {
+/// What the device's and the server's models have in common: a vocabulary, a KV state of the
+/// tokens fed so far that rolls back to any earlier length, a tokenizer, a name.
+pub trait LanguageModel: Send {
     /// Length of the logit vectors.
     fn vocab_size(&self) -> usize;
-    /// Number of layers (for resolving [`LayerSelection`]).
-    fn n_layers(&self) -> usize;
     /// Maximum context length the model supports.
     fn max_context(&self) -> usize;
     /// Tokens currently held in the KV state.
     fn context_len(&self) -> usize;
-    /// Append `tokens` (at least one) and return the logits after the last of them, plus the
-    /// attention of the newest position for the selected layers when `attention` is `Some`.
-    fn forward(
-        &mut self,
-        tokens: &[TokenId],
-        attention: Option<&LayerSelection>,
-    ) -> Result<DraftStep>;
-    /// Roll the KV state back to `len` tokens (`len <= context_len()`).
+    /// Roll the KV state back to `len` tokens (`len <= context_len()`; more is an error).
     fn truncate(&mut self, len: usize) -> Result<()>;
     /// The tokenizer, when the model carries one.
     fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>>;
@@ -43,14 +32,22 @@ pub trait DraftModel: Send {
     fn describe(&self) -> String;
 }
 
-/// The large model behind a verifier: logits at every fed position, rollback.
-pub trait TargetModel: Send {
-    /// Length of the logit vectors.
-    fn vocab_size(&self) -> usize;
-    /// Maximum context length the model supports.
-    fn max_context(&self) -> usize;
-    /// Tokens currently held in the KV state.
-    fn context_len(&self) -> usize;
+/// The small model on the device: next-token logits, optional attention.
+///
+/// `forward` appends to the KV state; [`LanguageModel::truncate`] rolls it back (after a
+/// rejected draft).
+pub trait DraftModel: LanguageModel {
+    /// Append `tokens` (at least one) and return the logits after the last of them, plus the
+    /// attention of the newest position for the selected layers when `attention` is `Some`.
+    fn forward(
+        &mut self,
+        tokens: &[TokenId],
+        attention: Option<&LayerSelection>,
+    ) -> Result<DraftStep>;
+}
+
+/// The large model behind a verifier: logits at every fed position.
+pub trait TargetModel: LanguageModel {
     /// Append `tokens` (at least one) in one pass and return the logits after each of them
     /// (`tokens.len()` vectors, in order).
     fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>>;
@@ -68,12 +65,6 @@ pub trait TargetModel: Send {
     fn memory_profile(&self) -> Option<MemoryProfile> {
         None
     }
-    /// Roll the KV state back to `len` tokens.
-    fn truncate(&mut self, len: usize) -> Result<()>;
-    /// The tokenizer, when the model carries one.
-    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>>;
-    /// A short human-readable description.
-    fn describe(&self) -> String;
     /// A new model on the same weights with an empty KV state, for a server that keeps one
     /// state per session without a copy of the weights per session.
     fn fork(&self) -> Result<Box<dyn TargetModel>> {
@@ -82,9 +73,32 @@ pub trait TargetModel: Send {
             self.describe()
         )))
     }
-    /// The model as `Any`, so that code which knows a concrete model type can recognise
-    /// sessions of it and batch them (see `hlm_backends::forward_all_batch`). `None` (the
-    /// default) means "never batched".
+    /// The weights this model runs on, when several models on them can share one pass
+    /// ([`TargetModel::forward_tail_with`]); `None` (the default) means "always alone".
+    fn weights_key(&self) -> Option<crate::WeightsKey> {
+        None
+    }
+    /// [`TargetModel::forward_tail`] for this model and `others`, all of this model's
+    /// [`TargetModel::weights_key`], in one pass where the model can: `feeds[0]` and
+    /// `tails[0]` are this model's, `feeds[1 + i]` those of `others[i]`. One result per model,
+    /// this one first; each the same as its own `forward_tail` (an invalid feed fails alone).
+    /// [`crate::forward_tail_batch`] groups models and calls this; the default runs one pass
+    /// each.
+    fn forward_tail_with(
+        &mut self,
+        others: &mut [&mut dyn TargetModel],
+        feeds: &[&[TokenId]],
+        tails: &[usize],
+    ) -> Vec<Result<Vec<Vec<f32>>>> {
+        let mut results = vec![self.forward_tail(feeds[0], tails[0])];
+        for ((m, feed), &tail) in others.iter_mut().zip(&feeds[1..]).zip(&tails[1..]) {
+            results.push(m.forward_tail(feed, tail));
+        }
+        results
+    }
+    /// The model as `Any`, so that an implementation of [`TargetModel::forward_tail_with`]
+    /// can reach the KV states of the other sessions of its own type. `None` (the default)
+    /// for a model that does not batch.
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
@@ -116,9 +130,9 @@ pub struct BuildContext {
     pub device: String,
     /// Folder of fetched models (`HLM_MODELS`), if known.
     pub models_dir: Option<std::path::PathBuf>,
-    /// The pipeline's `[link]` table as TOML (set by [`crate::Pipeline::from_config`]), for
-    /// components that emulate the link on a real network.
-    pub link_toml: Option<String>,
+    /// The pipeline's `[link]` (set by [`crate::Pipeline::from_config`]), for components
+    /// that emulate the link on a real network: each takes a [`LinkModel::fresh`] copy.
+    pub link: Option<Arc<dyn crate::LinkModel>>,
 }
 
 /// Config-selected recipe for a draft model (`[draft]` table, `type = ...`).

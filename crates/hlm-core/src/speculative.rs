@@ -5,6 +5,8 @@
 //! from norm(max(0, y − x)). When d ~ x, the result is distributed exactly as y
 //! (Leviathan et al. 2023; Chen et al. 2023). Greedy matching is the temperature-0 case.
 
+use std::sync::Arc;
+
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +67,63 @@ impl AcceptanceRule for GreedyMatch {
         } else {
             Judgement::Reject(best)
         }
+    }
+}
+
+/// The acceptance rule a config chooses: `rule = "speculative"` (the default: exact
+/// speculative sampling, greedy matching at temperature 0) or `rule = "greedy"`, or any
+/// registered rule, a crate's own included, by name or as a table
+/// (`rule = { type = "name", ... }` for a rule with parameters). One rule serves every
+/// session that uses it.
+#[derive(Debug, Clone)]
+pub struct ConfiguredRule(Arc<dyn AcceptanceRule>);
+
+impl ConfiguredRule {
+    /// A configured `rule`.
+    pub fn new(rule: Arc<dyn AcceptanceRule>) -> Self {
+        ConfiguredRule(rule)
+    }
+
+    /// The rule itself, shared.
+    pub fn rule(&self) -> Arc<dyn AcceptanceRule> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl Default for ConfiguredRule {
+    fn default() -> Self {
+        ConfiguredRule(Arc::new(SpeculativeSampling {}))
+    }
+}
+
+impl Serialize for ConfiguredRule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.as_ref().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfiguredRule {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // A bare name is the table of a rule without parameters.
+        let table = match toml::Value::deserialize(deserializer)? {
+            toml::Value::String(name) => toml::Value::Table(toml::map::Map::from_iter([(
+                "type".to_string(),
+                name.into(),
+            )])),
+            table @ toml::Value::Table(_) => table,
+            other => {
+                return Err(D::Error::custom(format!(
+                    "an acceptance rule is a name (\"speculative\", \"greedy\") or a table \
+                     with `type`, not the {} {other}",
+                    other.type_str()
+                )));
+            }
+        };
+        let rule: Box<dyn AcceptanceRule> = table.try_into().map_err(|e: toml::de::Error| {
+            D::Error::custom(format!("acceptance rule: {}", e.message()))
+        })?;
+        Ok(ConfiguredRule(Arc::from(rule)))
     }
 }
 
@@ -131,5 +190,56 @@ mod tests {
             g.judge(0, &[], &[0.1, 0.2, 0.7], &mut rng),
             Judgement::Reject(2)
         );
+    }
+
+    #[derive(Debug, Deserialize, Serialize)]
+    struct WithRule {
+        #[serde(default)]
+        rule: ConfiguredRule,
+    }
+
+    fn judge_of(text: &str) -> Judgement {
+        let cfg: WithRule = toml::from_str(text).expect("parses");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        // x gives the draft all its mass, y a little: speculative sampling rejects it with
+        // probability 0.9, greedy matching always (token 1 is y's argmax).
+        cfg.rule.rule().judge(0, &[1.0, 0.0], &[0.1, 0.9], &mut rng)
+    }
+
+    #[test]
+    fn a_rule_is_chosen_by_name_or_by_table() {
+        assert_eq!(judge_of(r#"rule = "greedy""#), Judgement::Reject(1));
+        assert_eq!(
+            judge_of(r#"rule = { type = "greedy" }"#),
+            Judgement::Reject(1)
+        );
+        let cfg: WithRule = toml::from_str("").unwrap();
+        assert!(format!("{:?}", cfg.rule).contains("SpeculativeSampling"));
+        let cfg: WithRule = toml::from_str(r#"rule = "speculative""#).unwrap();
+        assert!(format!("{:?}", cfg.rule).contains("SpeculativeSampling"));
+        // Written back as the table a config may hold.
+        let cfg: WithRule = toml::from_str(r#"rule = "greedy""#).unwrap();
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(text.contains(r#"type = "greedy""#), "{text}");
+        assert_eq!(judge_of(&text), Judgement::Reject(1));
+    }
+
+    #[test]
+    fn an_unknown_or_mistyped_rule_is_named_in_the_error() {
+        let err = toml::from_str::<WithRule>(r#"rule = "fastest""#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("acceptance rule") && err.contains("fastest"),
+            "{err}"
+        );
+        assert!(
+            err.contains("greedy") && err.contains("speculative"),
+            "{err}"
+        );
+        let err = toml::from_str::<WithRule>("rule = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not the integer 3"), "{err}");
     }
 }

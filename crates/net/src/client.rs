@@ -140,8 +140,8 @@ const MAX_RETRIES: u32 = 100;
 impl VerifierSpec for RemoteVerifierSpec {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Verifier>> {
         self.validate()?;
-        let emulator = match (&ctx.link_toml, self.emulate_link) {
-            (Some(link), true) => Some(LinkEmulator::from_toml(link, 0)?),
+        let emulator = match (&ctx.link, self.emulate_link) {
+            (Some(link), true) => Some(LinkEmulator::new(link.fresh(), 0)?),
             (None, true) => {
                 return Err(HlmError::invalid(
                     "verifier.emulate_link",

@@ -9,8 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use hlm_core::{Direction, HlmError, LinkModel, Result};
-use rand::SeedableRng;
+use hlm_core::{Direction, HlmError, LinkModel, RandomStream, Result};
 use rand_chacha::ChaCha8Rng;
 
 /// Paces messages by a link model.
@@ -28,24 +27,14 @@ impl LinkEmulator {
     pub fn new(mut link: Box<dyn LinkModel>, seed: u64) -> Result<Self> {
         link.validate()?;
         link.reset();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         // Apart from the engine's own link stream.
-        rng.set_stream(32);
+        let rng = RandomStream::LinkEmulator.rng(seed);
         Ok(LinkEmulator {
             link,
             rng,
             clock_s: 0.0,
             held_s: [0.0; 2],
         })
-    }
-
-    /// Emulate the pipeline's link given as TOML (see [`hlm_core::BuildContext::link_toml`]).
-    pub fn from_toml(text: &str, seed: u64) -> Result<Self> {
-        let link: Box<dyn LinkModel> = toml::from_str(text).map_err(|e| HlmError::Config {
-            origin: "[link] (for link emulation)".into(),
-            message: e.to_string(),
-        })?;
-        Self::new(link, seed)
     }
 
     /// How long a message of `bytes` takes in `direction` (airtime plus latency), advancing
@@ -84,9 +73,12 @@ mod tests {
     #[test]
     fn delays_are_the_links_airtime_of_the_exact_bytes() {
         hlm_energy::link();
-        let toml =
-            "type = \"fixed_rate\"\nuplink_bps = 1e6\ndownlink_bps = 8e6\nlatency_s = 0.002\n";
-        let mut e = LinkEmulator::from_toml(toml, 0).unwrap();
+        let link = hlm_energy::FixedRateLink {
+            uplink_bps: 1e6,
+            downlink_bps: 8e6,
+            latency_s: 0.002,
+        };
+        let mut e = LinkEmulator::new(Box::new(link), 0).unwrap();
         // 1,000 bytes = 8,000 bits at 1 Mbit/s = 8 ms, + 2 ms latency.
         let d = e.delay(1000, Direction::Uplink).unwrap();
         assert!((d.as_secs_f64() - 0.010).abs() < 1e-9, "{d:?}");
@@ -99,18 +91,5 @@ mod tests {
         let t0 = Instant::now();
         e.hold(2500, Direction::Uplink, Instant::now()).unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(22));
-    }
-
-    #[test]
-    fn bad_link_tables_are_named() {
-        hlm_energy::link();
-        let e = LinkEmulator::from_toml("type = \"carrier_pigeon\"", 0)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            e.contains("link emulation") && e.contains("carrier_pigeon"),
-            "{e}"
-        );
     }
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hlm_core::{ProbQuantization, UploadPayload};
+use hlm_core::{LanguageModel, ProbQuantization, TargetModel, UploadPayload};
 use hlm_net::ServerLimits;
 use hlm_net::protocol::{ErrorCode, Request, Response, Verify, WireDraft};
 use hlm_net::wire::{PackedPayload, read_frame, write_frame};
@@ -486,28 +486,36 @@ fn a_panic_in_the_model_is_answered_and_the_server_goes_on() {
 /// The fixture target with a defect: feeding `trigger` panics (as a backend bug would).
 struct PanicsOn(hlm_backends::Transformer, u32);
 
-impl hlm_core::TargetModel for PanicsOn {
+impl LanguageModel for PanicsOn {
     fn vocab_size(&self) -> usize {
-        hlm_core::TargetModel::vocab_size(&self.0)
+        self.0.vocab_size()
     }
+
     fn max_context(&self) -> usize {
-        hlm_core::TargetModel::max_context(&self.0)
+        self.0.max_context()
     }
+
     fn context_len(&self) -> usize {
-        hlm_core::TargetModel::context_len(&self.0)
+        self.0.context_len()
     }
-    fn forward_all(&mut self, tokens: &[u32]) -> hlm_core::Result<Vec<Vec<f32>>> {
-        assert!(!tokens.contains(&self.1), "a defect of the model");
-        self.0.forward_all(tokens)
-    }
+
     fn truncate(&mut self, len: usize) -> hlm_core::Result<()> {
-        hlm_core::TargetModel::truncate(&mut self.0, len)
+        self.0.truncate(len)
     }
+
     fn tokenizer(&self) -> Option<std::sync::Arc<dyn hlm_core::TextTokenizer>> {
         None
     }
+
     fn describe(&self) -> String {
         "a defective fixture".into()
+    }
+}
+
+impl TargetModel for PanicsOn {
+    fn forward_all(&mut self, tokens: &[u32]) -> hlm_core::Result<Vec<Vec<f32>>> {
+        assert!(!tokens.contains(&self.1), "a defect of the model");
+        self.0.forward_all(tokens)
     }
     fn fork(&self) -> hlm_core::Result<Box<dyn hlm_core::TargetModel>> {
         Ok(Box::new(PanicsOn(target(), self.1)))
@@ -533,8 +541,30 @@ fn a_dead_model_worker_stops_the_server_and_is_reported() {
     let addr = server.addr();
     let mut c = Client::connect(&server);
     session(&c.begin(64, vec![1, 2]));
+    // A second session on the same connection is kept busy, so that the connection never
+    // idles out: its close would end the idle session inside a batch, where the worker
+    // catches the panic and lives on (and `wait` would never return). So the idle session
+    // ends in the sweep, outside any batch, whatever the load on the machine.
+    let busy = session(&c.begin(64, vec![1, 2]));
+    let keeper = std::thread::spawn(move || {
+        for _ in 0..100 {
+            let work = Request::Sync {
+                session: busy,
+                tokens: vec![3],
+            };
+            if write_frame(&mut c.0, &work).is_err() {
+                break;
+            }
+            match read_frame::<_, Response>(&mut c.0, 1 << 20) {
+                Ok((Response::Synced { .. }, _)) => {}
+                _ => break,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
     // The sweep ends the idle session; dropping its model kills the worker thread.
     let failed = server.wait();
+    keeper.join().expect("the keeper thread");
     assert!(failed.is_err(), "the failure was not reported");
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
@@ -558,27 +588,35 @@ impl Drop for PanicsOnDrop {
     }
 }
 
-impl hlm_core::TargetModel for PanicsOnDrop {
+impl LanguageModel for PanicsOnDrop {
     fn vocab_size(&self) -> usize {
-        hlm_core::TargetModel::vocab_size(&self.model)
+        self.model.vocab_size()
     }
+
     fn max_context(&self) -> usize {
-        hlm_core::TargetModel::max_context(&self.model)
+        self.model.max_context()
     }
+
     fn context_len(&self) -> usize {
-        hlm_core::TargetModel::context_len(&self.model)
+        self.model.context_len()
     }
-    fn forward_all(&mut self, tokens: &[u32]) -> hlm_core::Result<Vec<Vec<f32>>> {
-        self.model.forward_all(tokens)
-    }
+
     fn truncate(&mut self, len: usize) -> hlm_core::Result<()> {
-        hlm_core::TargetModel::truncate(&mut self.model, len)
+        self.model.truncate(len)
     }
+
     fn tokenizer(&self) -> Option<std::sync::Arc<dyn hlm_core::TextTokenizer>> {
         None
     }
+
     fn describe(&self) -> String {
         "a fixture that fails at teardown".into()
+    }
+}
+
+impl TargetModel for PanicsOnDrop {
+    fn forward_all(&mut self, tokens: &[u32]) -> hlm_core::Result<Vec<Vec<f32>>> {
+        self.model.forward_all(tokens)
     }
     fn fork(&self) -> hlm_core::Result<Box<dyn hlm_core::TargetModel>> {
         Ok(Box::new(PanicsOnDrop {

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use hlm_core::sampling::argmax;
-use hlm_core::{TargetModel, TokenId, TokenKind};
+use hlm_core::{LanguageModel, TargetModel, TokenId, TokenKind};
 use hlm_net::ServerLimits;
 use support::*;
 
@@ -198,30 +198,38 @@ fn a_restarted_server_is_resynchronised_without_losing_tokens() {
 /// server under heavy load would be.
 struct SlowTarget(hlm_backends::Transformer, Duration);
 
-impl TargetModel for SlowTarget {
+impl LanguageModel for SlowTarget {
     fn vocab_size(&self) -> usize {
         self.0.vocab_size()
     }
+
     fn max_context(&self) -> usize {
-        TargetModel::max_context(&self.0)
+        self.0.max_context()
     }
+
     fn context_len(&self) -> usize {
-        TargetModel::context_len(&self.0)
+        self.0.context_len()
     }
-    fn forward_all(&mut self, tokens: &[TokenId]) -> hlm_core::Result<Vec<Vec<f32>>> {
-        if TargetModel::context_len(&self.0) > 0 {
-            std::thread::sleep(self.1);
-        }
-        self.0.forward_all(tokens)
-    }
+
     fn truncate(&mut self, len: usize) -> hlm_core::Result<()> {
-        TargetModel::truncate(&mut self.0, len)
+        self.0.truncate(len)
     }
+
     fn tokenizer(&self) -> Option<std::sync::Arc<dyn hlm_core::TextTokenizer>> {
         None
     }
+
     fn describe(&self) -> String {
-        format!("slow {}", TargetModel::describe(&self.0))
+        format!("slow {}", self.0.describe())
+    }
+}
+
+impl TargetModel for SlowTarget {
+    fn forward_all(&mut self, tokens: &[TokenId]) -> hlm_core::Result<Vec<Vec<f32>>> {
+        if self.0.context_len() > 0 {
+            std::thread::sleep(self.1);
+        }
+        self.0.forward_all(tokens)
     }
     fn fork(&self) -> hlm_core::Result<Box<dyn TargetModel>> {
         Ok(Box::new(SlowTarget(target(), self.1)))
@@ -314,7 +322,7 @@ fn a_server_with_another_model_is_refused_by_name() {
     let ctx = hlm_core::BuildContext {
         device: "cpu".into(),
         models_dir: None,
-        link_toml: None,
+        link: None,
     };
     let e = hlm_core::Pipeline::from_config(cfg, &ctx)
         .err()

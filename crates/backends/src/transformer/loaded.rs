@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use hlm_core::{
-    AttentionMap, DraftModel, DraftStep, HlmError, LayerAttention, LayerSelection, NextTokenLogits,
-    Result, TargetModel, TextTokenizer, TokenId,
+    AttentionMap, DraftModel, DraftStep, HlmError, LanguageModel, LayerAttention, LayerSelection,
+    NextTokenLogits, Result, TargetModel, TextTokenizer, TokenId, WeightsKey,
 };
 
 use super::config::TransformerConfig;
@@ -143,12 +143,11 @@ impl Decoder {
         }
     }
 
-    /// Whether `self` and `other` run on one set of weights (and can share a batched pass).
-    fn shares_weights(&self, other: &Decoder) -> bool {
-        match (self, other) {
-            (Decoder::Cpu { net: a, .. }, Decoder::Cpu { net: b, .. }) => Arc::ptr_eq(a, b),
-            (Decoder::Burn { net: a, .. }, Decoder::Burn { net: b, .. }) => Arc::ptr_eq(a, b),
-            _ => false,
+    /// The weights this decoder runs on: decoders with one key share a batched pass.
+    fn weights_key(&self) -> WeightsKey {
+        match self {
+            Decoder::Cpu { net, .. } => WeightsKey::of(net),
+            Decoder::Burn { net, .. } => WeightsKey::of(net),
         }
     }
 
@@ -467,13 +466,9 @@ fn burn_decoder(net: Network) -> Decoder {
     }
 }
 
-impl DraftModel for Transformer {
+impl LanguageModel for Transformer {
     fn vocab_size(&self) -> usize {
         self.config().vocab_size
-    }
-
-    fn n_layers(&self) -> usize {
-        self.config().n_layers
     }
 
     fn max_context(&self) -> usize {
@@ -484,6 +479,20 @@ impl DraftModel for Transformer {
         self.decoder.context_len()
     }
 
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        self.rollback(len)
+    }
+
+    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
+        self.tokenizer.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+impl DraftModel for Transformer {
     fn forward(
         &mut self,
         tokens: &[TokenId],
@@ -502,33 +511,9 @@ impl DraftModel for Transformer {
             }),
         })
     }
-
-    fn truncate(&mut self, len: usize) -> Result<()> {
-        self.rollback(len)
-    }
-
-    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
-        self.tokenizer.clone()
-    }
-
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
 }
 
 impl TargetModel for Transformer {
-    fn vocab_size(&self) -> usize {
-        self.config().vocab_size
-    }
-
-    fn max_context(&self) -> usize {
-        self.max_context
-    }
-
-    fn context_len(&self) -> usize {
-        self.decoder.context_len()
-    }
-
     fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>> {
         self.forward_tail(tokens, usize::MAX)
     }
@@ -565,16 +550,74 @@ impl TargetModel for Transformer {
         })
     }
 
-    fn truncate(&mut self, len: usize) -> Result<()> {
-        self.rollback(len)
+    fn weights_key(&self) -> Option<WeightsKey> {
+        Some(self.decoder.weights_key())
     }
 
-    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
-        self.tokenizer.clone()
-    }
-
-    fn describe(&self) -> String {
-        self.description.clone()
+    fn forward_tail_with(
+        &mut self,
+        others: &mut [&mut dyn TargetModel],
+        feeds: &[&[TokenId]],
+        tails: &[usize],
+    ) -> Vec<Result<Vec<Vec<f32>>>> {
+        assert!(
+            others.len() + 1 == feeds.len() && feeds.len() == tails.len(),
+            "one feed and one tail per model"
+        );
+        let key = self.decoder.weights_key();
+        let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> =
+            (0..feeds.len()).map(|_| None).collect();
+        // The transformers on these weights with a valid feed go into the pass; an invalid
+        // feed (empty, over the context) fails alone, and a model of another type or on other
+        // weights (a caller that did not group by key) runs alone.
+        let mut batch: Vec<(usize, &mut Transformer)> = Vec::with_capacity(feeds.len());
+        let mut alone: Vec<(usize, &mut dyn TargetModel)> = Vec::new();
+        let this = std::iter::once(self as &mut dyn TargetModel);
+        for (i, m) in this.chain(others.iter_mut().map(|m| &mut **m)).enumerate() {
+            if m.weights_key() != Some(key) {
+                alone.push((i, m));
+                continue;
+            }
+            let Some(t) = m.as_any_mut().and_then(|a| a.downcast_mut::<Transformer>()) else {
+                continue;
+            };
+            match t.check_feed(feeds[i]) {
+                Ok(()) => batch.push((i, t)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if batch.len() == 1 {
+            // A pass of one: the unbatched path (it splits a long feed into pieces).
+            if let Some((i, t)) = batch.pop() {
+                results[i] = Some(t.forward_tail(feeds[i], tails[i]));
+            }
+        }
+        match run_batch(&mut batch, feeds, tails) {
+            Ok(outs) => {
+                for ((i, _), logits) in batch.iter().zip(outs) {
+                    results[*i] = Some(Ok(logits));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (i, _) in &batch {
+                    results[*i] = Some(Err(HlmError::Model(format!("batched pass: {msg}"))));
+                }
+            }
+        }
+        for (i, m) in alone {
+            results[i] = Some(m.forward_tail(feeds[i], tails[i]));
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(HlmError::Model(
+                        "a model with this transformer's weights key is not a transformer".into(),
+                    ))
+                })
+            })
+            .collect()
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
@@ -589,71 +632,6 @@ impl TargetModel for Transformer {
             description: self.description.clone(),
         }))
     }
-}
-
-/// [`TargetModel::forward_all`] for several target models: [`forward_tail_batch`] with every
-/// row.
-pub fn forward_all_batch(
-    models: &mut [&mut dyn TargetModel],
-    feeds: &[&[TokenId]],
-) -> Vec<Result<Vec<Vec<f32>>>> {
-    forward_tail_batch(models, feeds, &vec![usize::MAX; feeds.len()])
-}
-
-/// Run [`TargetModel::forward_tail`] for several target models (model `i` feeds `feeds[i]`
-/// and gets the logits of its last `tails[i]` positions) in one pass when they are
-/// [`Transformer`]s that share their weights (forks of one model, as a server's sessions
-/// are); otherwise one pass per model. One result per model: a model whose feed is invalid
-/// (empty, over its context) fails alone before the batch runs.
-pub fn forward_tail_batch(
-    models: &mut [&mut dyn TargetModel],
-    feeds: &[&[TokenId]],
-    tails: &[usize],
-) -> Vec<Result<Vec<Vec<f32>>>> {
-    assert!(
-        models.len() == feeds.len() && feeds.len() == tails.len(),
-        "one feed and one tail per model"
-    );
-    let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = (0..models.len()).map(|_| None).collect();
-    // Transformers on the first one's weights, with a valid feed, go into the batch.
-    let mut batch: Vec<(usize, &mut Transformer)> = Vec::new();
-    for (i, m) in models.iter_mut().enumerate() {
-        let Some(t) = m.as_any_mut().and_then(|a| a.downcast_mut::<Transformer>()) else {
-            continue;
-        };
-        if let Err(e) = t.check_feed(feeds[i]) {
-            results[i] = Some(Err(e));
-            continue;
-        }
-        if batch
-            .first()
-            .is_none_or(|(_, first)| first.decoder.shares_weights(&t.decoder))
-        {
-            batch.push((i, t));
-        }
-    }
-    if batch.len() > 1 {
-        let outs = run_batch(&mut batch, feeds, tails);
-        match outs {
-            Ok(outs) => {
-                for ((i, _), logits) in batch.iter().zip(outs) {
-                    results[*i] = Some(Ok(logits));
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for (i, _) in &batch {
-                    results[*i] = Some(Err(HlmError::Model(format!("batched pass: {msg}"))));
-                }
-            }
-        }
-    }
-    models
-        .iter_mut()
-        .zip(results)
-        .zip(feeds.iter().zip(tails))
-        .map(|((m, r), (feed, &tail))| r.unwrap_or_else(|| m.forward_tail(feed, tail)))
-        .collect()
 }
 
 /// One pass over transformers that share their weights; the logits of the last `tails[i]`

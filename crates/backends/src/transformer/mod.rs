@@ -24,7 +24,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Family, RopeLayout, TransformerConfig};
-pub use loaded::{ModelFiles, Transformer, forward_all_batch, forward_tail_batch};
+pub use loaded::{ModelFiles, Transformer};
 pub use model::WeightLayout;
 pub use precision::{PRECISION_NAMES, Precision};
 pub use spec::{

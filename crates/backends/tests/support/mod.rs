@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use hlm_core::{
-    AttentionMap, DraftModel, DraftStep, HlmError, HostLogits, LayerAttention, LayerSelection,
-    Result, TargetModel, TextTokenizer, TokenId,
+    AttentionMap, DraftModel, DraftStep, HlmError, HostLogits, LanguageModel, LayerAttention,
+    LayerSelection, Result, TargetModel, TextTokenizer, TokenId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -105,19 +105,33 @@ impl TableLm {
     }
 }
 
-impl DraftModel for TableLm {
+impl LanguageModel for TableLm {
     fn vocab_size(&self) -> usize {
         self.vocab
     }
-    fn n_layers(&self) -> usize {
-        1
-    }
+
     fn max_context(&self) -> usize {
         self.max_context
     }
+
     fn context_len(&self) -> usize {
         self.history.len()
     }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        self.do_truncate(len)
+    }
+
+    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
+        None
+    }
+
+    fn describe(&self) -> String {
+        format!("table model |V|={}", self.vocab)
+    }
+}
+
+impl DraftModel for TableLm {
     fn forward(
         &mut self,
         tokens: &[TokenId],
@@ -137,27 +151,9 @@ impl DraftModel for TableLm {
             attention,
         })
     }
-    fn truncate(&mut self, len: usize) -> Result<()> {
-        self.do_truncate(len)
-    }
-    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
-        None
-    }
-    fn describe(&self) -> String {
-        format!("table model |V|={}", self.vocab)
-    }
 }
 
 impl TargetModel for TableLm {
-    fn vocab_size(&self) -> usize {
-        self.vocab
-    }
-    fn max_context(&self) -> usize {
-        self.max_context
-    }
-    fn context_len(&self) -> usize {
-        self.history.len()
-    }
     fn forward_all(&mut self, tokens: &[TokenId]) -> Result<Vec<Vec<f32>>> {
         self.check_tokens(tokens)?;
         let mut out = Vec::with_capacity(tokens.len());
@@ -167,14 +163,5 @@ impl TargetModel for TableLm {
         }
         self.positions += tokens.len() as u64;
         Ok(out)
-    }
-    fn truncate(&mut self, len: usize) -> Result<()> {
-        self.do_truncate(len)
-    }
-    fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
-        None
-    }
-    fn describe(&self) -> String {
-        format!("table model |V|={}", self.vocab)
     }
 }

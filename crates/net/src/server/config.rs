@@ -8,8 +8,7 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
-use hlm_backends::RuleChoice;
-use hlm_core::{BuildContext, HlmError, TargetModelSpec};
+use hlm_core::{BuildContext, ConfiguredRule, HlmError, TargetModelSpec};
 use serde::{Deserialize, Serialize};
 
 use super::Server;
@@ -150,9 +149,10 @@ pub struct ServerConfig {
     pub device: String,
     /// The target model.
     pub model: Box<dyn TargetModelSpec>,
-    /// Acceptance rule: exact speculative sampling (default) or greedy matching.
+    /// Acceptance rule: exact speculative sampling (default), greedy matching (`"greedy"`) or a
+    /// registered rule of your own ([`ConfiguredRule`]).
     #[serde(default)]
-    pub rule: RuleChoice,
+    pub rule: ConfiguredRule,
     #[serde(default)]
     pub limits: ServerLimits,
 }
@@ -189,7 +189,7 @@ impl ServerConfig {
         let mut ctx = ctx.clone();
         ctx.device = self.device.clone();
         let model = self.model.build(&ctx)?;
-        Server::new(model, self.rule, self.limits.clone())
+        Server::new(model, self.rule.clone(), self.limits.clone())
     }
 }
 

@@ -23,8 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use hlm_backends::RuleChoice;
-use hlm_core::TargetModel;
+use hlm_core::{ConfiguredRule, TargetModel};
 
 pub use budget::MemoryBudget;
 pub use config::{ServerConfig, ServerLimits};
@@ -59,7 +58,7 @@ pub struct ServerCounters {
 /// A configured server, ready to listen.
 pub struct Server {
     prototype: Box<dyn TargetModel>,
-    rule: RuleChoice,
+    rule: ConfiguredRule,
     limits: ServerLimits,
     info: ServerInfo,
     /// KV positions all sessions may hold together.
@@ -73,7 +72,7 @@ impl Server {
     /// limit).
     pub fn new(
         model: Box<dyn TargetModel>,
-        rule: RuleChoice,
+        rule: ConfiguredRule,
         limits: ServerLimits,
     ) -> hlm_core::Result<Self> {
         limits.validate()?;

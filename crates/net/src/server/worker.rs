@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
-use hlm_backends::{LocalVerifier, verifier::verify_batch};
-use hlm_core::{DraftToken, HlmError, SessionParams, Verdict, Verifier, VerifyRequest};
+use hlm_core::{
+    DraftToken, HlmError, LocalVerifier, SessionParams, Verdict, Verifier, VerifyRequest,
+    verify_batch,
+};
 
 use super::{Server, ServerCounters};
 use crate::protocol::{Begin, ErrorCode, Response, SessionStats, Verify};
@@ -383,7 +385,7 @@ impl Worker {
             Ok(m) => m,
             Err(e) => return error(ErrorCode::Internal, e.to_string()),
         };
-        let mut verifier = LocalVerifier::new(model, self.server.rule.build());
+        let mut verifier = LocalVerifier::new(model, self.server.rule.rule());
         let params = SessionParams {
             temperature: b.temperature,
             seed: b.seed,

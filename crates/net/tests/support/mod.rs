@@ -8,8 +8,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hlm_backends::{RuleChoice, Transformer, parse_device};
-use hlm_core::{BuildContext, Pipeline, PipelineConfig, RunReport, TargetModel};
+use hlm_backends::{Transformer, parse_device};
+use hlm_core::{BuildContext, ConfiguredRule, Pipeline, PipelineConfig, RunReport, TargetModel};
 use hlm_net::protocol::{Begin, ErrorCode, Request, Response};
 use hlm_net::wire::{read_frame, write_frame};
 use hlm_net::{Server, ServerHandle, ServerLimits};
@@ -43,7 +43,7 @@ pub fn start_server_with(
     limits: ServerLimits,
     addr: &str,
 ) -> ServerHandle {
-    let server = Server::new(model, RuleChoice::Speculative, limits).expect("server");
+    let server = Server::new(model, ConfiguredRule::default(), limits).expect("server");
     let listener = TcpListener::bind(addr).expect("bind");
     server.spawn(listener).expect("spawn")
 }
@@ -104,7 +104,7 @@ pub fn pipeline(text: &str, overrides: &[String]) -> Pipeline {
     let ctx = BuildContext {
         device: "cpu".into(),
         models_dir: None,
-        link_toml: None,
+        link: None,
     };
     Pipeline::from_config(cfg, &ctx).expect("pipeline builds")
 }

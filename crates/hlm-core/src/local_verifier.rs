@@ -1,17 +1,23 @@
-//! Verification on a local target model: speculative sampling with KV rollback.
+//! Verification on a target model in this process: speculative sampling with KV rollback.
+//!
+//! The algorithm of verification, for any [`TargetModel`]: the in-process pipeline uses it
+//! directly (`[verifier] type = "local"`) and `hlm serve` runs one per session, batching the
+//! sessions' passes with [`verify_batch`]. It needs no particular model, so it lives here
+//! beside the traits, as the decoding loop does.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use hlm_core::sampling::softmax_with_temperature;
-use hlm_core::{
-    AcceptanceRule, BuildContext, GreedyMatch, HlmError, Judgement, Result, SessionParams,
-    SpeculativeSampling, TargetModel, TargetModelSpec, TextTokenizer, TokenId, Verdict, Verifier,
-    VerifierSpec, VerifyOutcome, VerifyRequest,
-};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::sampling::softmax_with_temperature;
+use crate::streams::RandomStream;
+use crate::{
+    AcceptanceRule, BuildContext, ConfiguredRule, GreedyMatch, HlmError, Judgement, Result,
+    SessionParams, TargetModel, TargetModelSpec, TextTokenizer, TokenId, Verdict, Verifier,
+    VerifierSpec, VerifyOutcome, VerifyRequest,
+};
 
 /// A verifier that runs its target model in this process.
 ///
@@ -21,7 +27,7 @@ use serde::{Deserialize, Serialize};
 /// to just before it, so the replacement token arrives as context of the next request.
 pub struct LocalVerifier {
     model: Box<dyn TargetModel>,
-    rule: Box<dyn AcceptanceRule>,
+    rule: Arc<dyn AcceptanceRule>,
     greedy: GreedyMatch,
     temperature: f32,
     rng: ChaCha8Rng,
@@ -29,15 +35,15 @@ pub struct LocalVerifier {
 }
 
 impl LocalVerifier {
-    /// Wrap a target model with an acceptance rule (use [`SpeculativeSampling`] for lossless
-    /// verification).
-    pub fn new(model: Box<dyn TargetModel>, rule: Box<dyn AcceptanceRule>) -> Self {
+    /// Wrap a target model with an acceptance rule (use [`crate::SpeculativeSampling`] for
+    /// lossless verification).
+    pub fn new(model: Box<dyn TargetModel>, rule: Arc<dyn AcceptanceRule>) -> Self {
         LocalVerifier {
             model,
             rule,
             greedy: GreedyMatch {},
             temperature: 1.0,
-            rng: ChaCha8Rng::seed_from_u64(0),
+            rng: RandomStream::Verifier.rng(0),
             last_logits: None,
         }
     }
@@ -57,9 +63,8 @@ impl Verifier for LocalVerifier {
             return Err(HlmError::Verifier("empty prompt".into()));
         }
         self.temperature = params.temperature;
-        self.rng = ChaCha8Rng::seed_from_u64(params.seed);
         // A stream of its own, apart from the device's streams of the same seed.
-        self.rng.set_stream(16);
+        self.rng = RandomStream::Verifier.rng(params.seed);
         self.model.truncate(0)?;
         // Only the last position's logits are ever read: a long prompt must not cost a row
         // of the vocabulary per token.
@@ -182,9 +187,9 @@ impl LocalVerifier {
             None if req.bonus => {
                 let y = softmax_with_temperature(&predictive[req.drafts.len()], self.temperature);
                 let t = if self.temperature <= 0.0 {
-                    hlm_core::sampling::argmax(&y)
+                    crate::sampling::argmax(&y)
                 } else {
-                    hlm_core::sampling::sample(&y, &mut self.rng)
+                    crate::sampling::sample(&y, &mut self.rng)
                 };
                 verdicts.push(Verdict::Bonus(t as TokenId));
                 self.last_logits = None;
@@ -209,7 +214,7 @@ fn logit_rows(req: &VerifyRequest) -> usize {
 }
 
 /// Verify requests of several sessions, with one model pass for all of them where their models
-/// allow it ([`crate::forward_tail_batch`]: transformers sharing weights). The same verdicts as calling
+/// allow it ([`crate::forward_tail_batch`]: sessions on one model's weights). The same verdicts as calling
 /// [`Verifier::verify`] on each in turn; `compute_s` of each is its share of the pass, by fed
 /// tokens. One result per item, in order.
 pub fn verify_batch(
@@ -237,7 +242,7 @@ pub fn verify_batch(
         .collect();
     let mut logits: Vec<Option<Result<Vec<Vec<f32>>>>> = (0..items.len()).map(|_| None).collect();
     {
-        let mut models: Vec<&mut dyn hlm_core::TargetModel> = Vec::with_capacity(running.len());
+        let mut models: Vec<&mut dyn TargetModel> = Vec::with_capacity(running.len());
         let mut feed_refs: Vec<&[TokenId]> = Vec::with_capacity(running.len());
         let mut tails = Vec::with_capacity(running.len());
         let mut wanted = running.iter().peekable();
@@ -282,41 +287,20 @@ pub fn verify_batch(
         .collect()
 }
 
-/// The acceptance rule a configured local verifier uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleChoice {
-    /// Exact speculative sampling (greedy matching at temperature 0).
-    #[default]
-    Speculative,
-    /// Greedy matching at every temperature (accept iff the draft is the target's argmax).
-    Greedy,
-}
-
-impl RuleChoice {
-    /// The rule itself.
-    pub fn build(self) -> Box<dyn AcceptanceRule> {
-        match self {
-            RuleChoice::Speculative => Box::new(SpeculativeSampling {}),
-            RuleChoice::Greedy => Box::new(GreedyMatch {}),
-        }
-    }
-}
-
 /// Config of a [`LocalVerifier`]: `[verifier] type = "local"`, `model = { type = ... }`,
-/// optional `rule = "speculative" | "greedy"`.
+/// optional `rule` ([`ConfiguredRule`]: `"speculative"`, the default, or `"greedy"`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalVerifierSpec {
     pub model: Box<dyn TargetModelSpec>,
     #[serde(default)]
-    pub rule: RuleChoice,
+    pub rule: ConfiguredRule,
 }
 
 #[typetag::serde(name = "local")]
 impl VerifierSpec for LocalVerifierSpec {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Verifier>> {
         let model = self.model.build(ctx)?;
-        Ok(Box::new(LocalVerifier::new(model, self.rule.build())))
+        Ok(Box::new(LocalVerifier::new(model, self.rule.rule())))
     }
 }
