@@ -95,7 +95,7 @@ enum Cmd {
 const PAPER_PROMPTS: usize = 8;
 const PAPER_TOKENS: usize = 20;
 /// The methods of the paper's comparison, in table order.
-const PAPER_METHODS: &str = "slm,llm,hlm,u-hlm,iu-hlm,cu-hlm";
+const PAPER_METHODS: &str = "slm,llm,hlm,dssd,u-hlm,deferred-u-hlm,iu-hlm,deferred-iu-hlm,cu-hlm";
 
 #[derive(Subcommand)]
 enum BenchCmd {

@@ -15,7 +15,8 @@ use crate::prompts::load_prompt_set;
 use crate::run::OverrideArgs;
 
 /// The methods of the papers' comparison, in table order.
-pub const DEFAULT_METHODS: &str = "slm,llm,hlm,u-hlm,iu-hlm,cu-hlm,random";
+pub const DEFAULT_METHODS: &str =
+    "slm,llm,hlm,dssd,u-hlm,deferred-u-hlm,iu-hlm,deferred-iu-hlm,cu-hlm,random";
 
 /// Options of `hlm bench`.
 #[derive(Args, Debug)]

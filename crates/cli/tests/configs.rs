@@ -107,6 +107,9 @@ fn one_config_per_method_is_shipped() {
         "cu-hlm",
         "random",
         "speculative",
+        "dssd",
+        "deferred-u-hlm",
+        "deferred-iu-hlm",
     ] {
         assert!(
             names.iter().any(|n| n == m),

@@ -66,6 +66,7 @@ fn a_prompt_at_the_request_limit_fits_the_stated_memory() {
             prompt,
             temperature: 0.0,
             seed: 1,
+            residual: Default::default(),
         }),
     )
     .expect("send");

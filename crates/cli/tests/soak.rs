@@ -142,7 +142,7 @@ fn attack(
                     continue;
                 };
                 inj.slow.fetch_add(1, Ordering::Relaxed);
-                let _ = s.write_all(b"HLM\x01\x40\x00\x00\x00");
+                let _ = s.write_all(b"HLM\x02\x40\x00\x00\x00");
                 while !stop.load(Ordering::SeqCst) && s.write_all(&[0]).is_ok() {
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -179,15 +179,15 @@ fn attack(
                 match k % 3 {
                     0 => {
                         inj.oversized.fetch_add(1, Ordering::Relaxed);
-                        let _ = s.write_all(b"HLM\x01\x00\x00\x40\x00");
+                        let _ = s.write_all(b"HLM\x02\x00\x00\x40\x00");
                     }
                     1 => {
                         inj.malformed.fetch_add(1, Ordering::Relaxed);
-                        let _ = s.write_all(b"HLM\x01\x04\x00\x00\x00\xff\xff\xff\xff");
+                        let _ = s.write_all(b"HLM\x02\x04\x00\x00\x00\xff\xff\xff\xff");
                     }
                     _ => {
                         inj.vanished.fetch_add(1, Ordering::Relaxed);
-                        let _ = s.write_all(b"HLM\x01\x40\x00\x00\x00\x01\x02\x03");
+                        let _ = s.write_all(b"HLM\x02\x40\x00\x00\x00\x01\x02\x03");
                         continue;
                     }
                 }
@@ -220,6 +220,7 @@ fn attack(
                         prompt: vec![1, 2, 3],
                         temperature: 1.0,
                         seed: 0,
+                        residual: Default::default(),
                     })) {
                         inj.hoarded_sessions.fetch_add(1, Ordering::Relaxed);
                         mine.push(session);
@@ -426,7 +427,7 @@ fn announced_frames_claim_only_what_arrives() {
     let held: Vec<TcpStream> = (0..40)
         .map(|_| {
             let mut s = TcpStream::connect(&addr).expect("connect");
-            s.write_all(b"HLM\x01\x00\x00\x80\x00\x01").expect("header");
+            s.write_all(b"HLM\x02\x00\x00\x80\x00\x01").expect("header");
             s
         })
         .collect();

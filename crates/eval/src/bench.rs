@@ -53,6 +53,10 @@ pub struct MethodSummary {
     /// Uploaded / drafted tokens (0 for methods without a filter).
     pub upload_rate: f64,
     pub uplink_bits_per_token: f64,
+    /// Verdicts, replacement tokens and residual distributions (split and deferred
+    /// verification) per generated token.
+    #[serde(default)]
+    pub downlink_bits_per_token: f64,
     /// Modelled energy per generated token, by component (J).
     pub energy_per_token_j: Components,
     pub energy_per_token_total_j: f64,
@@ -322,6 +326,7 @@ pub fn summarise(methods: &[String], results: &[PromptResult]) -> Vec<MethodSumm
                 token_agreement: mean(rs.iter().filter_map(|r| r.token_agreement)),
                 upload_rate: ratio(sum(&|s| s.uploads as f64), sum(&|s| s.drafted as f64)),
                 uplink_bits_per_token: ratio(sum(&|s| s.uplink_bits as f64), tokens as f64),
+                downlink_bits_per_token: ratio(sum(&|s| s.downlink_bits as f64), tokens as f64),
                 energy_per_token_total_j: energy.total(),
                 energy_per_token_j: energy,
                 energy_saving_vs_hlm: None,
@@ -351,18 +356,19 @@ pub fn markdown_table(summary: &[MethodSummary]) -> String {
     let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".to_string(), f);
     let pct = |x: f64| format!("{:.1} %", 100.0 * x);
     let mut s = String::from(
-        "| method | BERTScore F1 | token agreement | uploads | uplink bits/token | energy J/token (device / uplink / server / downlink) | energy saving vs HLM | tokens/s (modelled / wall) | acceptance |\n\
+        "| method | BERTScore F1 | token agreement | uploads | bits/token (up / down) | energy J/token (device / uplink / server / downlink) | energy saving vs HLM | tokens/s (modelled / wall) | acceptance |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
     for m in summary {
         let e = &m.energy_per_token_j;
         s += &format!(
-            "| {} | {} | {} | {} | {:.0} | {:.3} ({:.3} / {:.4} / {:.3} / {:.5}) | {} | {:.2} / {:.2} | {} |\n",
+            "| {} | {} | {} | {} | {:.0} / {:.0} | {:.3} ({:.3} / {:.4} / {:.3} / {:.5}) | {} | {:.2} / {:.2} | {} |\n",
             m.method,
             opt(m.bertscore_f1, &|x| format!("{x:.4}")),
             opt(m.token_agreement, &|x| pct(x)),
             pct(m.upload_rate),
             m.uplink_bits_per_token,
+            m.downlink_bits_per_token,
             m.energy_per_token_total_j,
             e.device,
             e.uplink,
@@ -468,6 +474,7 @@ mod tests {
             token_agreement: None,
             upload_rate: 0.5,
             uplink_bits_per_token: 1598.0,
+            downlink_bits_per_token: 3.0,
             energy_per_token_j: Default::default(),
             energy_per_token_total_j: 0.25,
             energy_saving_vs_hlm: Some(0.3),

@@ -1,4 +1,5 @@
-//! Upload codecs: dense, top-k, CU-HLM's adaptive top-k, token-only.
+//! Upload codecs: dense, top-k, CU-HLM's adaptive top-k, token-only, and split verification's
+//! draft probability.
 
 use hlm_core::{
     CodecHints, HlmError, ProbQuantization, Result, TokenId, UploadCodec, UploadPayload,
@@ -25,11 +26,7 @@ impl Default for DenseCodec {
 #[typetag::serde(name = "dense")]
 impl UploadCodec for DenseCodec {
     fn encode(&self, probs: &[f32], _draft: TokenId, _h: &CodecHints) -> Result<UploadPayload> {
-        let q = quantization(self.bits)?;
-        Ok(UploadPayload::Dense {
-            quantization: q,
-            probs: probs.iter().map(|&p| q.roundtrip(p)).collect(),
-        })
+        Ok(UploadPayload::dense(probs, quantization(self.bits)?))
     }
     fn validate(&self, _vocab: usize) -> Result<()> {
         quantization(self.bits).map(|_| ())
@@ -76,21 +73,11 @@ fn default_bits() -> u32 {
 #[typetag::serde(name = "top_k")]
 impl UploadCodec for TopKCodec {
     fn encode(&self, probs: &[f32], _draft: TokenId, _h: &CodecHints) -> Result<UploadPayload> {
-        let q = quantization(self.bits)?;
-        let k = self.k.min(probs.len());
-        // Partial selection first: sorting 150k entries for k = 30 would be wasteful.
-        let mut idx: Vec<u32> = (0..probs.len() as u32).collect();
-        let cmp = |a: &u32, b: &u32| {
-            probs[*b as usize]
-                .total_cmp(&probs[*a as usize])
-                .then(a.cmp(b))
-        };
-        if k < idx.len() {
-            idx.select_nth_unstable_by(k, cmp);
-            idx.truncate(k);
-        }
-        idx.sort_unstable_by(cmp);
-        Ok(top_k_payload(probs, &idx, k, q))
+        Ok(UploadPayload::top_k(
+            probs,
+            self.k,
+            quantization(self.bits)?,
+        ))
     }
     fn validate(&self, vocab: usize) -> Result<()> {
         quantization(self.bits)?;
@@ -225,6 +212,24 @@ pub struct TokenOnlyCodec {}
 impl UploadCodec for TokenOnlyCodec {
     fn encode(&self, _probs: &[f32], _draft: TokenId, _h: &CodecHints) -> Result<UploadPayload> {
         Ok(UploadPayload::TokenOnly)
+    }
+}
+
+/// Split verification (DSSD): only the draft token's probability x_d (32 bits). The verifier
+/// accepts with probability min(1, y_d / x_d) and, on a rejection, sends its distribution down
+/// (`[speculation] residual`) for the device to draw the replacement from; lossless like a
+/// dense upload at a fraction of its bits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitCodec {}
+
+#[typetag::serde(name = "split")]
+impl UploadCodec for SplitCodec {
+    fn encode(&self, _probs: &[f32], _draft: TokenId, h: &CodecHints) -> Result<UploadPayload> {
+        Ok(UploadPayload::DraftProbability { prob: h.draft_prob })
+    }
+    fn needs_distribution(&self) -> bool {
+        false
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`importance`]: how important the token is, from attention (`attention`);
 //! - [`threshold`]: fixed, U-HLM's risk bound, and per-step adaptive thresholds;
 //! - [`rule`]: the upload decision (`always`, `never`, `random`, `token_filter`);
-//! - [`codec`]: what an upload carries (`dense`, `top_k`, `adaptive_top_k`, `token_only`).
+//! - [`codec`]: what an upload carries (`dense`, `top_k`, `adaptive_top_k`, `token_only`,
+//!   `split`).
 
 pub mod calibration;
 pub mod codec;
@@ -16,7 +17,7 @@ pub mod rule;
 pub mod threshold;
 pub mod uncertainty;
 
-pub use codec::{AdaptiveTopK, DenseCodec, TokenOnlyCodec, TopKCodec};
+pub use codec::{AdaptiveTopK, DenseCodec, SplitCodec, TokenOnlyCodec, TopKCodec};
 pub use importance::{AttentionImportance, HeadAggregation, ImportanceTarget};
 pub use rule::{
     AlwaysUpload, Combine, ImportanceCondition, NeverUpload, RandomSkip, TokenFilter,

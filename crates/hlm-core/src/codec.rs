@@ -7,7 +7,8 @@
 //! Bit accounting (per uploaded draft token), with `idx = ⌈log2 |V|⌉`:
 //! - dense: `|V| · b`;
 //! - top-k: `idx_k + k · (b + idx)`, where `idx_k = ⌈log2(|V| + 1)⌉` carries k itself;
-//! - token-only: `0`.
+//! - token-only: `0`;
+//! - draft probability (split verification): `32` (x_d as an IEEE 754 single).
 //!
 //! The draft token's own id (`idx` bits) and any context tokens are counted by the engine on
 //! top of the payload, see [`crate::stats`].
@@ -80,6 +81,10 @@ pub enum UploadPayload {
     /// Only the draft token: the verifier treats the draft distribution as one-hot, which is
     /// still lossless (accept with probability y_d, else draw from y without d).
     TokenOnly,
+    /// Split verification (DSSD): only the draft's probability x_d. The verifier accepts with
+    /// probability min(1, y_d / x_d); on a rejection it sends its distribution y down and the
+    /// device, which alone knows x, draws the replacement from norm(max(0, y − x)).
+    DraftProbability { prob: f32 },
 }
 
 impl UploadPayload {
@@ -96,6 +101,60 @@ impl UploadPayload {
                     + indices.len() as u64 * (quantization.bits() + token_index_bits(vocab))
             }
             UploadPayload::TokenOnly => 0,
+            UploadPayload::DraftProbability { .. } => 32,
+        }
+    }
+
+    /// The whole distribution `probs`, each value as the receiver decodes it under `q`.
+    pub fn dense(probs: &[f32], q: ProbQuantization) -> Self {
+        UploadPayload::Dense {
+            quantization: q,
+            probs: probs.iter().map(|&p| q.roundtrip(p)).collect(),
+        }
+    }
+
+    /// The `k` largest entries of `probs` (ties by index) with their ids, in descending order,
+    /// each value as the receiver decodes it under `q`.
+    pub fn top_k(probs: &[f32], k: usize, q: ProbQuantization) -> Self {
+        let k = k.min(probs.len());
+        // Partial selection first: sorting 150k entries for k = 30 would be wasteful.
+        let mut idx: Vec<TokenId> = (0..probs.len() as TokenId).collect();
+        let cmp = |a: &TokenId, b: &TokenId| {
+            probs[*b as usize]
+                .total_cmp(&probs[*a as usize])
+                .then(a.cmp(b))
+        };
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k, cmp);
+            idx.truncate(k);
+        }
+        idx.sort_unstable_by(cmp);
+        let kept = idx
+            .iter()
+            .map(|&i| q.roundtrip(probs[i as usize]))
+            .collect();
+        UploadPayload::TopK {
+            quantization: q,
+            indices: idx,
+            probs: kept,
+        }
+    }
+
+    /// Check the payload against the vocabulary without decoding a distribution (what a
+    /// verifier does before its model state moves).
+    pub fn validate(&self, draft: TokenId, vocab: usize) -> Result<()> {
+        match self {
+            UploadPayload::DraftProbability { prob } => {
+                if prob.is_finite() && *prob > 0.0 && *prob <= 1.0 {
+                    Ok(())
+                } else {
+                    Err(HlmError::Payload(format!(
+                        "draft probability {prob} is not in (0, 1]: the draft was sampled from \
+                         it, so it cannot be zero"
+                    )))
+                }
+            }
+            other => other.reconstruct(draft, vocab).map(|_| ()),
         }
     }
 
@@ -182,6 +241,9 @@ impl UploadPayload {
                 out[d] = 1.0;
                 Ok(out)
             }
+            UploadPayload::DraftProbability { .. } => Err(HlmError::Payload(
+                "a draft-probability payload (split verification) carries no distribution".into(),
+            )),
         }
     }
 
@@ -191,6 +253,7 @@ impl UploadPayload {
             UploadPayload::Dense { .. } => "dense",
             UploadPayload::TopK { .. } => "top_k",
             UploadPayload::TokenOnly => "token_only",
+            UploadPayload::DraftProbability { .. } => "draft_probability",
         }
     }
 }
@@ -201,6 +264,8 @@ impl UploadPayload {
 pub struct CodecHints {
     /// The uncertainty the filter measured, if any.
     pub uncertainty: Option<f32>,
+    /// x_d, the draft token's probability under the distribution it was sampled from.
+    pub draft_prob: f32,
 }
 
 /// Turns a draft distribution into what goes on the uplink.
@@ -208,6 +273,12 @@ pub struct CodecHints {
 pub trait UploadCodec: std::fmt::Debug + Send + Sync {
     /// Encode the draft distribution `probs` (normalised) for the draft token `draft`.
     fn encode(&self, probs: &[f32], draft: TokenId, hints: &CodecHints) -> Result<UploadPayload>;
+    /// Whether [`UploadCodec::encode`] reads the distribution. A codec that needs only the
+    /// token and [`CodecHints::draft_prob`] says `false`, and is given an empty `probs`: the
+    /// draft distribution then never has to leave the device's accelerator.
+    fn needs_distribution(&self) -> bool {
+        true
+    }
     /// Check the parameters against the vocabulary before a run.
     fn validate(&self, _vocab: usize) -> Result<()> {
         Ok(())
@@ -241,6 +312,7 @@ mod tests {
         };
         assert_eq!(p3.bits(32_000), 15 + 30 * 23);
         assert_eq!(UploadPayload::TokenOnly.bits(v), 0);
+        assert_eq!(UploadPayload::DraftProbability { prob: 0.5 }.bits(v), 32);
     }
 
     #[test]
@@ -272,6 +344,27 @@ mod tests {
         };
         let e = bad.reconstruct(0, 4).unwrap_err().to_string();
         assert!(e.contains("3 probabilities, the vocabulary has 4"), "{e}");
+    }
+
+    #[test]
+    fn top_k_keeps_the_largest_in_order_and_draft_probabilities_are_checked() {
+        let p = UploadPayload::top_k(&[0.1, 0.4, 0.1, 0.4], 3, ProbQuantization::Float32);
+        let UploadPayload::TopK { indices, probs, .. } = p else {
+            panic!("not top-k")
+        };
+        assert_eq!(indices, vec![1, 3, 0]);
+        assert_eq!(probs, vec![0.4, 0.4, 0.1]);
+        let ok = UploadPayload::DraftProbability { prob: 0.25 };
+        assert!(ok.validate(0, 4).is_ok());
+        let e = ok.reconstruct(0, 4).unwrap_err().to_string();
+        assert!(e.contains("carries no distribution"), "{e}");
+        for bad in [0.0, -0.1, 1.5, f32::NAN] {
+            let e = UploadPayload::DraftProbability { prob: bad }
+                .validate(0, 4)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not in (0, 1]"), "{e}");
+        }
     }
 
     #[test]

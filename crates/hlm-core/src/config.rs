@@ -11,7 +11,8 @@
 //!
 //! [speculation]
 //! gamma = 1                 # uploaded drafts per verification round
-//! filter_action = "skip"    # or "stop_drafting"
+//! filter_action = "skip"    # or "stop_drafting", or "defer" (lossless: skipped tokens are
+//!                           # checked later with their x_d only)
 //!
 //! [draft]
 //! type = "transformer"
@@ -42,7 +43,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    DraftModelSpec, EnergyModel, HlmError, LinkModel, Result, UploadCodec, UploadRule, VerifierSpec,
+    DraftModelSpec, EnergyModel, HlmError, LinkModel, ResidualCodec, Result, UploadCodec,
+    UploadRule, VerifierSpec,
 };
 
 /// What the filter's "upload" decision does when γ > 1 or in classic speculative decoding.
@@ -56,6 +58,13 @@ pub enum FilterAction {
     /// Classic speculative decoding: every draft is verified; a token the filter flags as
     /// uncertain ends the drafting round early (like HF's `assistant_confidence_threshold`).
     StopDrafting,
+    /// Deferred verification (lossless HLM): a token the filter does not select is still
+    /// checked, with only its draft probability x_d (32 bits) riding along with the next
+    /// upload; a round is verified once `gamma` tokens have been selected or
+    /// `max_deferred` deferred ones are pending. A deferred token the verifier rejects rolls
+    /// the device back to it and the replacement is drawn from the residual the server sends
+    /// down. The filter then trades only waiting for verdicts, never accuracy.
+    Defer,
 }
 
 /// Sampling and length of a run.
@@ -101,7 +110,18 @@ pub struct SpeculationConfig {
     /// tokens per second of [`crate::adaptive`]); γ = 0 lets the target decode alone where
     /// speculation cannot win.
     pub adaptive: bool,
+    /// With `filter_action = "defer"`: the most deferred (unselected) drafts a round holds
+    /// before it is sent, which bounds how much drafting one deferred rejection can discard.
+    pub max_deferred: usize,
+    /// How the verifier sends its distribution down after rejecting a draft whose
+    /// distribution it never received (split payloads, deferred tokens); see
+    /// [`crate::residual`]. Default: dense 32-bit, exact.
+    pub residual: ResidualCodec,
 }
+
+/// Default of [`SpeculationConfig::max_deferred`]: long enough that a filter skipping most
+/// tokens still waits for few verdicts, short enough that a rejection discards little.
+pub const DEFAULT_MAX_DEFERRED: usize = 8;
 
 impl Default for SpeculationConfig {
     fn default() -> Self {
@@ -110,6 +130,8 @@ impl Default for SpeculationConfig {
             filter_action: FilterAction::Skip,
             bonus_token: false,
             adaptive: false,
+            max_deferred: DEFAULT_MAX_DEFERRED,
+            residual: ResidualCodec::default(),
         }
     }
 }
@@ -252,6 +274,14 @@ impl PipelineConfig {
                  tokens are free, which the draft-length model does not count",
             ));
         }
+        if !(1..=MAX_GAMMA).contains(&self.speculation.max_deferred) {
+            return Err(HlmError::invalid(
+                "speculation.max_deferred",
+                self.speculation.max_deferred,
+                format!("must be between 1 and {MAX_GAMMA}"),
+            ));
+        }
+        self.speculation.residual.validate(0)?;
         match (&self.draft, &self.verifier) {
             (None, None) => {
                 return Err(HlmError::invalid(
@@ -479,6 +509,29 @@ mod tests {
         let fan =
             resolve_includes("include = \"fan0.toml\"".parse().unwrap(), &dir, 0).unwrap_err();
         assert!(fan.contains("256 includes"), "{fan}");
+    }
+
+    #[test]
+    fn deferral_and_residual_settings_are_checked_by_name() {
+        let check = |spec: &str| {
+            let text = format!("[speculation]\n{spec}\n");
+            match PipelineConfig::parse(&text, "test", &[]) {
+                Ok(cfg) => cfg.validate().unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let e = check("filter_action = \"defer\"\nmax_deferred = 0");
+        assert!(e.contains("speculation.max_deferred"), "{e}");
+        let e = check("residual = { type = \"top_k\", k = 0, bits = 8 }");
+        assert!(e.contains("speculation.residual.k"), "{e}");
+        let e = check("residual = { type = \"dense\", bits = 12 }");
+        assert!(e.contains("8, 16, 32"), "{e}");
+        let e = check("residual = { type = \"sparse\" }");
+        assert!(e.contains("sparse") && e.contains("dense"), "{e}");
+        // Valid settings get as far as the missing models.
+        let e =
+            check("filter_action = \"defer\"\nresidual = { type = \"top_k\", k = 64, bits = 16 }");
+        assert!(e.contains("a draft model, a verifier, or both"), "{e}");
     }
 
     #[test]

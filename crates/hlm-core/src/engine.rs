@@ -9,11 +9,15 @@
 //! 3. the [`UploadRule`] decides: upload (verify) or skip;
 //! 4. an uploaded token is encoded by the [`UploadCodec`] and joins the current round; a skipped
 //!    one is appended without verification (and reaches the verifier as context with the
-//!    next upload, so its context stays complete);
+//!    next upload, so its context stays complete); with `defer` it is not final yet: it joins
+//!    the round with only its x_d, to be checked like the others;
 //! 5. a round is sent when it holds γ uploaded drafts (or, with `stop_drafting`, when the filter
-//!    flags a token or γ drafts are pending), at EOS, or at the length limit; the verifier
-//!    answers with accept/resample verdicts, and both models roll back to the last accepted
-//!    position.
+//!    flags a token or γ drafts are pending; with `defer`, also when `max_deferred` deferred
+//!    drafts are), at EOS, or at the length limit; the verifier answers with accept/resample
+//!    verdicts, and both models roll back to the last accepted position. A rejected draft whose
+//!    distribution the verifier never saw (a split payload, a deferred token) comes back as
+//!    `Rejected` with the target's distribution, and the device draws the replacement from
+//!    norm(max(0, y − x)) with the x it kept.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +34,7 @@ use crate::streams::RandomStream;
 use crate::{
     BuildContext, CodecHints, Costs, Direction, DraftModel, DraftToken, EnergyModel, HlmError,
     LinkModel, Result, SessionParams, TextTokenizer, TokenId, TokenView, Transfer, UploadCodec,
-    UploadRule, Verdict, Verifier, VerifyRequest, Work,
+    UploadPayload, UploadRule, Verdict, Verifier, VerifyOutcome, VerifyRequest, Work,
 };
 
 /// The draft model's logits for the next position, wherever they live.
@@ -91,7 +95,7 @@ pub fn method_name(p: &Pipeline) -> &'static str {
         (None, None) => "empty",
         (Some(_), Some(_)) => match p.speculation.filter_action {
             FilterAction::StopDrafting => "speculative",
-            FilterAction::Skip => "hybrid",
+            FilterAction::Skip | FilterAction::Defer => "hybrid",
         },
     }
 }
@@ -260,6 +264,7 @@ struct Run<'p, 'c> {
     rng_draft: ChaCha8Rng,
     rng_filter: ChaCha8Rng,
     rng_link: ChaCha8Rng,
+    rng_residual: ChaCha8Rng,
     eos: Vec<TokenId>,
     idx_bits: u64,
     committed: Vec<TokenId>,
@@ -281,7 +286,13 @@ struct Run<'p, 'c> {
 /// A drafted token waiting in the current round.
 struct Pending {
     token: TokenId,
-    payload: Option<crate::UploadPayload>,
+    payload: Option<UploadPayload>,
+    /// A token the filter skipped that is verified later (`filter_action = "defer"`).
+    deferred: bool,
+    /// The draft logits this token was sampled from, kept while the verifier cannot resample
+    /// it (a split payload): a rejection is answered with the target's distribution, and the
+    /// device draws the replacement against this x.
+    logits: Option<Logits>,
     /// x_d and the filter's signals, for [`TokenRecord`].
     draft_prob: f32,
     uncertainty: Option<f32>,
@@ -318,6 +329,7 @@ impl<'p, 'c> Run<'p, 'c> {
             rng_draft: RandomStream::Draft.rng(seed),
             rng_filter: RandomStream::Filter.rng(seed),
             rng_link: RandomStream::Link.rng(seed),
+            rng_residual: RandomStream::Residual.rng(seed),
             eos,
             idx_bits,
             committed: Vec::new(),
@@ -390,6 +402,7 @@ impl<'p, 'c> Run<'p, 'c> {
             seed: self.p.generation.seed,
             draft_vocab_size: self.p.draft.as_ref().map_or(0, |d| d.vocab_size()),
             tokenizer_fingerprint: self.p.tokenizer.as_ref().map(|t| t.fingerprint()),
+            residual: self.p.speculation.residual,
         };
         let prompt = self.prompt.clone();
         let mut next_logits = None;
@@ -485,7 +498,7 @@ impl<'p, 'c> Run<'p, 'c> {
         let t0 = Instant::now();
         let trip = self.round_trip(&req, context_bits);
         let seconds = t0.elapsed().as_secs_f64();
-        let (outcome, _) = match trip {
+        let outcome = match trip {
             Err(e @ HlmError::VerifierUnavailable(_)) => {
                 // Undelivered: it goes out with the next request that does reach the server.
                 let mut unsent: Vec<(TokenId, bool)> =
@@ -496,7 +509,7 @@ impl<'p, 'c> Run<'p, 'c> {
             }
             other => other?,
         };
-        match outcome.as_slice() {
+        match outcome.verdicts.as_slice() {
             [Verdict::Bonus(t)] => {
                 let t = *t;
                 self.unsent.push((t, false));
@@ -567,12 +580,8 @@ impl<'p, 'c> Run<'p, 'c> {
         (self.unsent.drain(..).map(|(t, _)| t).collect(), bits)
     }
 
-    /// Send one request and account for it; returns the verdicts and the target's y_d per draft.
-    fn round_trip(
-        &mut self,
-        req: &VerifyRequest,
-        context_bits: u64,
-    ) -> Result<(Vec<Verdict>, Vec<Option<f32>>)> {
+    /// Send one request and account for it; returns the checked outcome.
+    fn round_trip(&mut self, req: &VerifyRequest, context_bits: u64) -> Result<VerifyOutcome> {
         let vocab = self.p.vocab_size();
         let mut up_bits = context_bits;
         for d in &req.drafts {
@@ -589,15 +598,30 @@ impl<'p, 'c> Run<'p, 'c> {
             .ok_or_else(|| HlmError::Verifier("no verifier".into()))?;
         let outcome = verifier.verify(req)?;
         outcome.validate(req)?;
+        if let Some(r) = &outcome.residual {
+            r.validate(vocab)?;
+        }
         self.stats.verify_calls += 1;
         let has_token = matches!(
             outcome.verdicts.last(),
             Some(Verdict::Resampled(_) | Verdict::Bonus(_))
         );
-        let gamma = self.p.speculation.gamma as u64;
-        let mut down_bits = token_index_bits(gamma as usize + 2);
+        // The verdict count: how many drafts stood, 0..=the most a round holds.
+        let spec = &self.p.speculation;
+        let most = spec.gamma
+            + match spec.filter_action {
+                FilterAction::Defer => spec.max_deferred,
+                _ => 0,
+            };
+        let mut down_bits = token_index_bits(most + 2);
         if has_token {
             down_bits += self.idx_bits;
+        }
+        if let Some(r) = &outcome.residual {
+            let bits = r.bits(vocab);
+            self.stats.residual_downloads += 1;
+            self.stats.residual_bits += bits;
+            down_bits += bits;
         }
         let downlink = self.send(down_bits, Direction::Downlink)?;
         self.account(Work {
@@ -607,7 +631,7 @@ impl<'p, 'c> Run<'p, 'c> {
             downlink,
             ..Default::default()
         })?;
-        Ok((outcome.verdicts, outcome.target_probs))
+        Ok(outcome)
     }
 
     fn hybrid(&mut self, mut logits: Logits) -> Result<()> {
@@ -616,6 +640,7 @@ impl<'p, 'c> Run<'p, 'c> {
         let attention = self.p.upload.as_ref().and_then(|u| u.attention_layers());
         let mut round: Vec<Pending> = Vec::new();
         let mut uploaded_in_round = 0usize;
+        let mut deferred_in_round = 0usize;
         let mut round_gamma = gamma;
         while !self.ended() {
             if round.is_empty() {
@@ -642,23 +667,33 @@ impl<'p, 'c> Run<'p, 'c> {
             decision.upload |= self.p.upload_everything;
             // x_d, the draft's probability under the distribution it was sampled from.
             let draft_prob = logits.token_probs(d, &[temperature])?[0];
-            let codec = self
-                .p
-                .codec
-                .as_ref()
-                .ok_or_else(|| HlmError::invalid("codec", "absent", "required"))?;
-            let hints = CodecHints {
-                uncertainty: decision.uncertainty,
-            };
-            let send_payload = decision.upload || action == FilterAction::StopDrafting;
-            let payload = if send_payload {
-                // The one place the whole distribution leaves the device: it is being sent.
-                let probs = softmax_with_temperature(&logits.to_host()?, temperature);
-                Some(codec.encode(&probs, d, &hints)?)
+            let deferred = !decision.upload && action == FilterAction::Defer;
+            let payload = if deferred {
+                Some(UploadPayload::DraftProbability { prob: draft_prob })
+            } else if decision.upload || action == FilterAction::StopDrafting {
+                let codec = self
+                    .p
+                    .codec
+                    .as_ref()
+                    .ok_or_else(|| HlmError::invalid("codec", "absent", "required"))?;
+                let hints = CodecHints {
+                    uncertainty: decision.uncertainty,
+                    draft_prob,
+                };
+                if codec.needs_distribution() {
+                    // The one place the whole distribution leaves the device: it is being sent.
+                    let probs = softmax_with_temperature(&logits.to_host()?, temperature);
+                    Some(codec.encode(&probs, d, &hints)?)
+                } else {
+                    Some(codec.encode(&[], d, &hints)?)
+                }
             } else {
                 None
             };
-            logits = step.logits;
+            let sampled_from = std::mem::replace(&mut logits, step.logits);
+            // Only a split payload leaves the replacement of a rejection to the device.
+            let kept_logits = matches!(payload, Some(UploadPayload::DraftProbability { .. }))
+                .then_some(sampled_from);
             let draft_s = t0.elapsed().as_secs_f64();
             if let Some(a) = self.adaptive.as_mut() {
                 a.record_draft(draft_s);
@@ -669,9 +704,11 @@ impl<'p, 'c> Run<'p, 'c> {
                 ..Default::default()
             })?;
             let is_eos = self.eos.contains(&d);
+            if payload.is_none() || deferred {
+                self.stats.skips += 1;
+            }
             let mut flush = match payload {
                 None => {
-                    self.stats.skips += 1;
                     if round.is_empty() {
                         // Nothing unverified before it: the token is final right away.
                         self.unsent.push((d, true));
@@ -681,6 +718,8 @@ impl<'p, 'c> Run<'p, 'c> {
                     round.push(Pending {
                         token: d,
                         payload: None,
+                        deferred: false,
+                        logits: None,
                         draft_prob,
                         uncertainty: decision.uncertainty,
                         importance: decision.importance,
@@ -691,14 +730,25 @@ impl<'p, 'c> Run<'p, 'c> {
                     round.push(Pending {
                         token: d,
                         payload: Some(p),
+                        deferred,
+                        logits: kept_logits,
                         draft_prob,
                         uncertainty: decision.uncertainty,
                         importance: decision.importance,
                     });
-                    uploaded_in_round += 1;
+                    if deferred {
+                        self.stats.deferred += 1;
+                        deferred_in_round += 1;
+                    } else {
+                        uploaded_in_round += 1;
+                    }
                     match action {
                         FilterAction::Skip => uploaded_in_round >= round_gamma,
                         FilterAction::StopDrafting => decision.upload || round.len() >= round_gamma,
+                        FilterAction::Defer => {
+                            uploaded_in_round >= round_gamma
+                                || deferred_in_round >= self.p.speculation.max_deferred
+                        }
                     }
                 }
             };
@@ -708,6 +758,7 @@ impl<'p, 'c> Run<'p, 'c> {
             if flush {
                 logits = self.verify_round(std::mem::take(&mut round), logits)?;
                 uploaded_in_round = 0;
+                deferred_in_round = 0;
             }
         }
         Ok(())
@@ -733,17 +784,24 @@ impl<'p, 'c> Run<'p, 'c> {
         let base = self.prompt.len() + self.committed.len();
         let positions = req.context.len() + req.drafts.len();
         let t_verify = Instant::now();
-        let (verdicts, target_probs) = match self.round_trip(&req, context_bits) {
+        let outcome = match self.round_trip(&req, context_bits) {
             Err(HlmError::VerifierUnavailable(why)) => {
                 return self.keep_unverified(req.context, round, logits_after_round, &why);
             }
             other => other?,
         };
+        let verdicts = &outcome.verdicts;
+        let target_probs = &outcome.target_probs;
         if let Some(a) = self.adaptive.as_mut() {
             a.record_verify(positions, t_verify.elapsed().as_secs_f64());
             let judged = verdicts
                 .iter()
-                .filter(|v| matches!(v, Verdict::Accepted | Verdict::Resampled(_)))
+                .filter(|v| {
+                    matches!(
+                        v,
+                        Verdict::Accepted | Verdict::Resampled(_) | Verdict::Rejected
+                    )
+                })
                 .count();
             let accepted = verdicts
                 .iter()
@@ -752,12 +810,17 @@ impl<'p, 'c> Run<'p, 'c> {
             a.record_round(judged, accepted);
         }
         self.stats.draft_n += round.iter().filter(|p| p.payload.is_some()).count() as u64;
-        self.stats.uploads += round.iter().filter(|p| p.payload.is_some()).count() as u64;
+        self.stats.uploads += round
+            .iter()
+            .filter(|p| p.payload.is_some() && !p.deferred)
+            .count() as u64;
         let mut stood = 0usize;
         let mut correction = None;
         let mut uploaded_k = 0usize;
         for (i, v) in verdicts.iter().enumerate() {
-            if let (Some(p), Verdict::Accepted | Verdict::Resampled(_)) = (round.get(i), v) {
+            if let (Some(p), Verdict::Accepted | Verdict::Resampled(_) | Verdict::Rejected) =
+                (round.get(i), v)
+            {
                 let target_prob = target_probs.get(i).copied().flatten();
                 self.records.push(TokenRecord {
                     index: self.committed.len(),
@@ -787,12 +850,24 @@ impl<'p, 'c> Run<'p, 'c> {
                 Verdict::Resampled(t) => {
                     self.stats.resamples += 1;
                     self.stats.record_position(uploaded_k, false);
-                    correction = Some((t, TokenKind::Resampled));
+                    correction = Some((t, TokenKind::Resampled, false));
+                }
+                Verdict::Rejected => {
+                    self.stats.resamples += 1;
+                    self.stats.record_position(uploaded_k, false);
+                    let t = self.draw_residual(&round[i], outcome.residual.as_ref())?;
+                    correction = Some((t, TokenKind::Resampled, true));
                 }
                 Verdict::Bonus(t) => {
                     self.stats.bonus_tokens += 1;
-                    correction = Some((t, TokenKind::Bonus));
+                    correction = Some((t, TokenKind::Bonus, false));
                 }
+            }
+            if matches!(v, Verdict::Resampled(_) | Verdict::Rejected) {
+                if round[i].deferred {
+                    self.stats.rollbacks += 1;
+                }
+                self.stats.discarded_drafts += (round.len() - i - 1) as u64;
             }
         }
         self.committed_by_verification += stood as u64 + u64::from(correction.is_some());
@@ -800,12 +875,13 @@ impl<'p, 'c> Run<'p, 'c> {
         if self.committed.last().is_some_and(|t| self.eos.contains(t)) {
             return Ok(logits_after_round);
         }
-        let Some((t, kind)) = correction else {
+        let Some((t, kind, drawn_here)) = correction else {
             return Ok(logits_after_round);
         };
         self.commit(t, kind);
-        // The verifier's KV state ends before `t`; it receives `t` as context next round.
-        self.unsent.push((t, false));
+        // The verifier's KV state ends before `t`; it receives `t` as context next round (and
+        // must be told it when the device drew it).
+        self.unsent.push((t, drawn_here));
         if self.ended() {
             return Ok(logits_after_round);
         }
@@ -829,6 +905,33 @@ impl<'p, 'c> Run<'p, 'c> {
             ..Default::default()
         })?;
         Ok(step.logits)
+    }
+
+    /// The replacement of a rejected split-verified draft: drawn from norm(max(0, ŷ − x)), ŷ the
+    /// target distribution the verifier sent, x the draft distribution the device kept.
+    fn draw_residual(
+        &mut self,
+        rejected: &Pending,
+        residual: Option<&crate::Residual>,
+    ) -> Result<TokenId> {
+        let t0 = Instant::now();
+        let residual = residual
+            .ok_or_else(|| HlmError::Verifier("a rejection without its residual".into()))?;
+        let logits = rejected.logits.as_ref().ok_or_else(|| {
+            HlmError::Verifier(
+                "a rejection of a draft whose distribution was uploaded: the verifier must \
+                 resample it itself"
+                    .into(),
+            )
+        })?;
+        let x = softmax_with_temperature(&logits.to_host()?, self.p.generation.temperature);
+        let (t, bound) = residual.draw(&x, &mut self.rng_residual)?;
+        self.stats.residual_tv_bound += bound;
+        self.account(Work {
+            device_compute_s: t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        })?;
+        Ok(t)
     }
 
     /// The verifier could not be reached: keep the round's drafts as they are (the device

@@ -37,6 +37,7 @@ pub mod local_verifier;
 pub mod logits;
 pub mod model;
 pub mod registry;
+pub mod residual;
 pub mod sampling;
 pub mod speculative;
 pub mod stats;
@@ -62,8 +63,9 @@ pub use model::{
     BuildContext, DraftModel, DraftModelSpec, DraftStep, LanguageModel, MemoryProfile, TargetModel,
     TargetModelSpec,
 };
+pub use residual::{Residual, ResidualCodec};
 pub use speculative::{
-    AcceptanceRule, ConfiguredRule, GreedyMatch, Judgement, SpeculativeSampling,
+    AcceptanceRule, ConfiguredRule, GreedyMatch, Judgement, SpeculativeSampling, SplitJudgement,
 };
 pub use stats::{RunStats, Savings, TokenEvent, TokenKind};
 pub use streams::RandomStream;

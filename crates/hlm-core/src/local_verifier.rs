@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::sampling::softmax_with_temperature;
 use crate::streams::RandomStream;
 use crate::{
-    AcceptanceRule, BuildContext, ConfiguredRule, GreedyMatch, HlmError, Judgement, Result,
-    SessionParams, TargetModel, TargetModelSpec, TextTokenizer, TokenId, Verdict, Verifier,
-    VerifierSpec, VerifyOutcome, VerifyRequest,
+    AcceptanceRule, BuildContext, ConfiguredRule, GreedyMatch, HlmError, Judgement, ResidualCodec,
+    Result, SessionParams, SplitJudgement, TargetModel, TargetModelSpec, TextTokenizer, TokenId,
+    UploadPayload, Verdict, Verifier, VerifierSpec, VerifyOutcome, VerifyRequest,
 };
 
 /// A verifier that runs its target model in this process.
@@ -30,6 +30,7 @@ pub struct LocalVerifier {
     rule: Arc<dyn AcceptanceRule>,
     greedy: GreedyMatch,
     temperature: f32,
+    residual: ResidualCodec,
     rng: ChaCha8Rng,
     last_logits: Option<Vec<f32>>,
 }
@@ -43,6 +44,7 @@ impl LocalVerifier {
             rule,
             greedy: GreedyMatch {},
             temperature: 1.0,
+            residual: ResidualCodec::default(),
             rng: RandomStream::Verifier.rng(0),
             last_logits: None,
         }
@@ -62,7 +64,9 @@ impl Verifier for LocalVerifier {
         if prompt.is_empty() {
             return Err(HlmError::Verifier("empty prompt".into()));
         }
+        params.residual.validate(self.model.vocab_size())?;
         self.temperature = params.temperature;
+        self.residual = params.residual;
         // A stream of its own, apart from the device's streams of the same seed.
         self.rng = RandomStream::Verifier.rng(params.seed);
         self.model.truncate(0)?;
@@ -110,7 +114,7 @@ impl LocalVerifier {
         // would leave the KV state holding tokens the caller thinks were refused).
         for d in &req.drafts {
             if let Some(p) = &d.payload {
-                p.reconstruct(d.token, vocab)?;
+                p.validate(d.token, vocab)?;
             }
         }
         if req.context.is_empty()
@@ -154,13 +158,13 @@ impl LocalVerifier {
         let mut verdicts = Vec::with_capacity(req.drafts.len() + 1);
         let mut target_probs = Vec::with_capacity(req.drafts.len());
         let mut rejected_at = None;
+        let mut residual = None;
         for (i, d) in req.drafts.iter().enumerate() {
             let Some(payload) = &d.payload else {
                 verdicts.push(Verdict::Unverified);
                 target_probs.push(None);
                 continue;
             };
-            let x = payload.reconstruct(d.token, vocab)?;
             let y = softmax_with_temperature(&predictive[i], self.temperature);
             target_probs.push(y.get(d.token as usize).copied());
             let rule: &dyn AcceptanceRule = if self.temperature <= 0.0 {
@@ -170,13 +174,26 @@ impl LocalVerifier {
             } else {
                 self.rule.as_ref()
             };
-            match rule.judge(d.token, &x, &y, &mut self.rng) {
-                Judgement::Accept => verdicts.push(Verdict::Accepted),
-                Judgement::Reject(t) => {
-                    verdicts.push(Verdict::Resampled(t));
-                    rejected_at = Some(i);
-                    break;
+            let verdict = if let UploadPayload::DraftProbability { prob } = payload {
+                match rule.judge_split(d.token, *prob, &y, &mut self.rng) {
+                    SplitJudgement::Accept => Verdict::Accepted,
+                    SplitJudgement::Replace(t) => Verdict::Resampled(t),
+                    SplitJudgement::Residual => {
+                        residual = Some(self.residual.encode(&y)?);
+                        Verdict::Rejected
+                    }
                 }
+            } else {
+                let x = payload.reconstruct(d.token, vocab)?;
+                match rule.judge(d.token, &x, &y, &mut self.rng) {
+                    Judgement::Accept => Verdict::Accepted,
+                    Judgement::Reject(t) => Verdict::Resampled(t),
+                }
+            };
+            verdicts.push(verdict);
+            if verdict != Verdict::Accepted {
+                rejected_at = Some(i);
+                break;
             }
         }
         match rejected_at {
@@ -200,6 +217,7 @@ impl LocalVerifier {
         }
         Ok(VerifyOutcome {
             verdicts,
+            residual,
             server_tokens: fed_len as u64,
             compute_s: 0.0,
             target_probs,

@@ -22,12 +22,43 @@ pub enum Judgement {
     Reject(TokenId),
 }
 
+/// The verdict on one draft token of split verification, where the verifier knows only x_d.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitJudgement {
+    /// The draft token stands.
+    Accept,
+    /// The draft token is replaced by this one (a rule that needs no x for the replacement,
+    /// such as greedy matching).
+    Replace(TokenId),
+    /// The draft token is rejected; the device draws the replacement from norm(max(0, y − x))
+    /// with its own x, from the distribution the verifier sends down.
+    Residual,
+}
+
 /// A rule that judges one draft token against the target distribution.
 #[typetag::serde(tag = "type")]
 pub trait AcceptanceRule: std::fmt::Debug + Send + Sync {
     /// Judge `draft` given the reconstructed draft distribution `x` and the target
     /// distribution `y` (both of vocabulary length).
     fn judge(&self, draft: TokenId, x: &[f32], y: &[f32], rng: &mut dyn RngCore) -> Judgement;
+
+    /// Judge `draft` knowing only its draft probability `x_d` (split verification). The
+    /// default is speculative sampling's: accept with probability min(1, y_d / x_d), else leave
+    /// the replacement to the device's residual draw, which together are lossless.
+    fn judge_split(
+        &self,
+        draft: TokenId,
+        x_d: f32,
+        y: &[f32],
+        rng: &mut dyn RngCore,
+    ) -> SplitJudgement {
+        let y_d = y.get(draft as usize).copied().unwrap_or(0.0);
+        if x_d <= y_d || rng.random::<f64>() < (y_d as f64 / x_d as f64) {
+            SplitJudgement::Accept
+        } else {
+            SplitJudgement::Residual
+        }
+    }
 }
 
 /// Exact speculative sampling (lossless when the draft was sampled from `x`).
@@ -66,6 +97,20 @@ impl AcceptanceRule for GreedyMatch {
             Judgement::Accept
         } else {
             Judgement::Reject(best)
+        }
+    }
+
+    /// With one-hot distributions the residual is the target's argmax: no download needed.
+    fn judge_split(
+        &self,
+        draft: TokenId,
+        _x_d: f32,
+        y: &[f32],
+        rng: &mut dyn RngCore,
+    ) -> SplitJudgement {
+        match self.judge(draft, &[], y, rng) {
+            Judgement::Accept => SplitJudgement::Accept,
+            Judgement::Reject(t) => SplitJudgement::Replace(t),
         }
     }
 }
@@ -169,6 +214,41 @@ mod tests {
                 y[i]
             );
         }
+    }
+
+    /// Split judging with the device's residual draw has the same output law as full
+    /// speculative sampling: y.
+    #[test]
+    fn split_judging_with_residual_draw_is_distributed_as_target() {
+        let x = [0.5f32, 0.3, 0.15, 0.05];
+        let y = [0.1f32, 0.2, 0.3, 0.4];
+        let rule = SpeculativeSampling {};
+        let residual = crate::ResidualCodec::default().encode(&y).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let n = 200_000;
+        let mut counts = [0f64; 4];
+        for _ in 0..n {
+            let d = sample(&x, &mut rng) as TokenId;
+            let out = match rule.judge_split(d, x[d as usize], &y, &mut rng) {
+                SplitJudgement::Accept => d,
+                SplitJudgement::Replace(t) => t,
+                SplitJudgement::Residual => residual.draw(&x, &mut rng).unwrap().0,
+            };
+            counts[out as usize] += 1.0;
+        }
+        for i in 0..4 {
+            let p = counts[i] / n as f64;
+            assert!(
+                (p - y[i] as f64).abs() < 0.005,
+                "token {i}: {p} vs {}",
+                y[i]
+            );
+        }
+        let g = GreedyMatch {};
+        assert_eq!(
+            g.judge_split(0, 1.0, &y, &mut rng),
+            SplitJudgement::Replace(3)
+        );
     }
 
     #[test]

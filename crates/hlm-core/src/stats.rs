@@ -65,10 +65,33 @@ pub struct RunStats {
     pub(crate) tested_by_position: Vec<u64>,
     #[serde(skip)]
     pub(crate) accepted_by_position: Vec<u64>,
-    /// Uploaded tokens (= draft_n).
+    /// Tokens the filter selected for upload (= draft_n, except with deferred verification,
+    /// which also checks the tokens the filter skipped).
     pub uploads: u64,
-    /// Drafted tokens appended without verification.
+    /// Drafted tokens the filter did not select: appended without verification, or, with
+    /// deferred verification, checked later with their draft probability only.
     pub skips: u64,
+    /// Skipped tokens sent for deferred verification (their x_d rides with the next upload).
+    #[serde(default)]
+    pub deferred: u64,
+    /// Deferred tokens the verifier rejected: the device rolled back to each of them.
+    #[serde(default)]
+    pub rollbacks: u64,
+    /// Drafts thrown away because a draft before them in their round was rejected (drafting
+    /// spent in vain).
+    #[serde(default)]
+    pub discarded_drafts: u64,
+    /// Rejections whose replacement the device drew from a residual the server sent down
+    /// (split verification and deferred tokens), and those downloads' bits.
+    #[serde(default)]
+    pub residual_downloads: u64,
+    #[serde(default)]
+    pub residual_bits: u64,
+    /// Sum over this run's residual draws of the bound on how far each strays from the
+    /// target (see [`crate::residual`]); 0 with an exact residual codec. Its mean over runs
+    /// bounds the total-variation distance of the output from the target's.
+    #[serde(default)]
+    pub residual_tv_bound: f64,
     /// Rejected drafts replaced by the verifier.
     pub resamples: u64,
     /// Bonus tokens drawn from the target.
@@ -229,6 +252,17 @@ impl RunStats {
             "link       uplink {} bits  downlink {} bits  outages {}\n",
             self.uplink_bits, self.downlink_bits, self.outages
         );
+        if self.deferred + self.residual_downloads > 0 {
+            s += &format!(
+                "lossless   deferred {}  rollbacks {}  discarded drafts {}  residual downloads {} ({} bits)  TV bound {:.3e}\n",
+                self.deferred,
+                self.rollbacks,
+                self.discarded_drafts,
+                self.residual_downloads,
+                self.residual_bits,
+                self.residual_tv_bound
+            );
+        }
         if self.verifier_faults > 0 {
             s += &format!(
                 "faults     {} rounds without a verifier: {} tokens kept unverified\n",

@@ -18,6 +18,8 @@ pub enum RandomStream {
     Filter = 2,
     /// The modelled link's fading (the engine's `[link]`).
     Link = 3,
+    /// The device's draws from a residual the server sent down (split verification).
+    Residual = 4,
     /// The verifier's accept/resample draws ([`crate::LocalVerifier`], also in `hlm serve`).
     Verifier = 16,
     /// The link emulated on a real network (`hlm_net::LinkEmulator`).
@@ -44,6 +46,7 @@ mod tests {
             RandomStream::Draft,
             RandomStream::Filter,
             RandomStream::Link,
+            RandomStream::Residual,
             RandomStream::Verifier,
             RandomStream::LinkEmulator,
         ];
@@ -53,6 +56,6 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
-        assert_eq!(RandomStream::Verifier.rng(7).next_u64(), firsts[3]);
+        assert_eq!(RandomStream::Verifier.rng(7).next_u64(), firsts[4]);
     }
 }

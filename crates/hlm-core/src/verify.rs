@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::{BuildContext, Result, TextTokenizer, TokenId, UploadPayload};
+use crate::{BuildContext, Residual, ResidualCodec, Result, TextTokenizer, TokenId, UploadPayload};
 
 /// Per-session parameters a verifier needs before the first request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,6 +16,9 @@ pub struct SessionParams {
     pub draft_vocab_size: usize,
     /// [`crate::TextTokenizer::fingerprint`] of the device's tokenizer, when it has one.
     pub tokenizer_fingerprint: Option<u64>,
+    /// How the verifier sends its distribution down after rejecting a split-verified draft
+    /// ([`Verdict::Rejected`]).
+    pub residual: ResidualCodec,
 }
 
 /// One drafted token sent for verification.
@@ -49,6 +52,9 @@ pub enum Verdict {
     Unverified,
     /// The draft at this position was rejected and replaced by this token.
     Resampled(TokenId),
+    /// The draft at this position (a split-verified one: only x_d was uploaded) was rejected;
+    /// the device draws the replacement from [`VerifyOutcome::residual`] and its own x.
+    Rejected,
     /// All drafts stood; this extra token comes from the target distribution.
     Bonus(TokenId),
 }
@@ -57,8 +63,11 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct VerifyOutcome {
     /// Verdicts in order: `Accepted`/`Unverified` for each draft that stood, then at most one
-    /// `Resampled` or `Bonus`.
+    /// `Resampled`, `Rejected` or `Bonus`.
     pub verdicts: Vec<Verdict>,
+    /// The target's distribution at the position of a final [`Verdict::Rejected`] (and only
+    /// then), encoded by the session's [`ResidualCodec`].
+    pub residual: Option<Residual>,
     /// Positions the target model computed for this request (context + drafts).
     pub server_tokens: u64,
     /// Server compute time (seconds, measured).
@@ -125,6 +134,16 @@ impl VerifyOutcome {
                         ));
                     }
                 }
+                Verdict::Rejected => {
+                    let split = request.drafts.get(i).is_some_and(|d| {
+                        matches!(d.payload, Some(UploadPayload::DraftProbability { .. }))
+                    });
+                    if !last || !split {
+                        return bad(format!(
+                            "rejection at {i} is not the last verdict of a split-verified draft"
+                        ));
+                    }
+                }
                 Verdict::Bonus(_) => {
                     if !last || i != n || !request.bonus {
                         return bad(format!(
@@ -134,7 +153,15 @@ impl VerifyOutcome {
                 }
             }
         }
-        let ended = matches!(self.verdicts.last(), Some(Verdict::Resampled(_)));
+        let rejected = matches!(self.verdicts.last(), Some(Verdict::Rejected));
+        if rejected != self.residual.is_some() {
+            return bad(if rejected {
+                "a rejection without the residual distribution".into()
+            } else {
+                "a residual distribution without a rejection".into()
+            });
+        }
+        let ended = rejected || matches!(self.verdicts.last(), Some(Verdict::Resampled(_)));
         if !ended && self.verdicts.len() < n {
             return bad(format!(
                 "only {} verdicts for {n} drafts",
@@ -145,5 +172,72 @@ impl VerifyOutcome {
             return bad("bonus token requested but not returned".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ProbQuantization, ResidualCodec};
+
+    fn request(payloads: Vec<UploadPayload>) -> VerifyRequest {
+        VerifyRequest {
+            context: vec![1],
+            drafts: payloads
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| DraftToken {
+                    token: i as TokenId,
+                    payload: Some(p),
+                })
+                .collect(),
+            bonus: false,
+        }
+    }
+
+    fn outcome(verdicts: Vec<Verdict>, residual: Option<Residual>) -> VerifyOutcome {
+        VerifyOutcome {
+            verdicts,
+            residual,
+            ..Default::default()
+        }
+    }
+
+    /// A rejection comes only for a split-verified draft, last, with its residual; a residual
+    /// never comes alone.
+    #[test]
+    fn rejections_and_residuals_are_checked_against_the_request() {
+        let split = UploadPayload::DraftProbability { prob: 0.5 };
+        let dense = UploadPayload::dense(&[0.5, 0.5], ProbQuantization::Float32);
+        let residual = || Some(ResidualCodec::default().encode(&[0.5, 0.5]).unwrap());
+        let req = request(vec![split.clone(), split.clone()]);
+        let ok = outcome(vec![Verdict::Accepted, Verdict::Rejected], residual());
+        assert!(ok.validate(&req).is_ok());
+        let cases = [
+            (
+                request(vec![dense.clone(), split.clone()]),
+                outcome(vec![Verdict::Rejected], residual()),
+                "not the last verdict of a split-verified draft",
+            ),
+            (
+                req.clone(),
+                outcome(vec![Verdict::Accepted, Verdict::Rejected], None),
+                "a rejection without the residual",
+            ),
+            (
+                req.clone(),
+                outcome(vec![Verdict::Accepted, Verdict::Accepted], residual()),
+                "a residual distribution without a rejection",
+            ),
+            (
+                req.clone(),
+                outcome(vec![Verdict::Rejected, Verdict::Accepted], residual()),
+                "not the last verdict",
+            ),
+        ];
+        for (req, out, want) in cases {
+            let e = out.validate(&req).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

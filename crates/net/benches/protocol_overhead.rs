@@ -34,6 +34,7 @@ fn echo_server(listener: TcpListener) {
         }
         let answer = Response::Verdicts {
             verdicts,
+            residual: None,
             server_tokens: v.drafts.len() as u64,
             compute_s: 0.0,
             target_probs: vec![Some(0.5); v.drafts.len()],

@@ -405,6 +405,7 @@ impl RemoteVerifier {
             tokenizer_fingerprint: params.tokenizer_fingerprint,
             prompt: self.prompt.clone(),
             temperature: params.temperature,
+            residual: params.residual.into(),
             seed: params.seed,
         });
         let session = match self.exchange(&begin) {
@@ -516,26 +517,35 @@ impl Verifier for RemoteVerifier {
         match self.exchange(&wire) {
             Ok(Response::Verdicts {
                 verdicts,
+                residual,
                 server_tokens,
                 compute_s,
                 target_probs,
             }) => {
-                let outcome = VerifyOutcome {
-                    verdicts,
-                    server_tokens,
-                    compute_s,
-                    target_probs,
+                let residual = residual.map(|r| r.unpack(vocab)).transpose();
+                let checked = residual.map_err(HlmError::Payload).and_then(|residual| {
+                    let outcome = VerifyOutcome {
+                        verdicts,
+                        residual,
+                        server_tokens,
+                        compute_s,
+                        target_probs,
+                    };
+                    check_answer(&outcome, request, vocab).map(|()| outcome)
+                });
+                let outcome = match checked {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // A server that answers nonsense is a faulty verifier, not a source of
+                        // output: drop it and go on as while it is unreachable.
+                        self.drop_connection();
+                        return Err(HlmError::VerifierUnavailable(format!(
+                            "verify: the server at {} answered inconsistently, dropping the \
+                             connection: {e}",
+                            self.addr
+                        )));
+                    }
                 };
-                if let Err(e) = check_answer(&outcome, request, vocab) {
-                    // A server that answers nonsense is a faulty verifier, not a source of
-                    // output: drop it and go on as while it is unreachable.
-                    self.drop_connection();
-                    return Err(HlmError::VerifierUnavailable(format!(
-                        "verify: the server at {} answered inconsistently, dropping the \
-                         connection: {e}",
-                        self.addr
-                    )));
-                }
                 let stood = outcome
                     .verdicts
                     .iter()

@@ -12,10 +12,15 @@
 //! | `Sync` | `Synced` | feeds committed tokens the server has not seen (skipped, or kept while it was unreachable) |
 //! | `End` | `Ended` | ends a session, returns its statistics |
 //!
+//! Version 2 added split verification: a draft may carry only its probability x_d (payload
+//! kind 3), a verdict may be `Rejected`, answered with the target's distribution
+//! ([`WireResidual`]) encoded as the session's [`WireResidualCodec`] asks. A version-1 client is
+//! refused with `Version` before anything else is read.
+//!
 //! Any request may instead get `Error { code, message }`. After `BadFrame`, `TooLarge` or
 //! `Version` the server closes the connection (the stream can no longer be trusted).
 
-use hlm_core::{TokenId, Verdict};
+use hlm_core::{Residual, ResidualCodec, TokenId, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::wire::PackedPayload;
@@ -45,6 +50,78 @@ pub struct Begin {
     pub prompt: Vec<TokenId>,
     pub temperature: f32,
     pub seed: u64,
+    /// How the server sends its distribution after rejecting a split-verified draft.
+    pub residual: WireResidualCodec,
+}
+
+/// A [`ResidualCodec`] on the wire (postcard has no internally tagged enums): `top_k = 0` is
+/// dense.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WireResidualCodec {
+    pub top_k: u32,
+    pub bits: u8,
+}
+
+impl Default for WireResidualCodec {
+    fn default() -> Self {
+        ResidualCodec::default().into()
+    }
+}
+
+impl From<ResidualCodec> for WireResidualCodec {
+    fn from(c: ResidualCodec) -> Self {
+        match c {
+            ResidualCodec::Dense { bits } => WireResidualCodec {
+                top_k: 0,
+                bits: bits.min(255) as u8,
+            },
+            ResidualCodec::TopK { k, bits } => WireResidualCodec {
+                top_k: u32::try_from(k).unwrap_or(u32::MAX),
+                bits: bits.min(255) as u8,
+            },
+        }
+    }
+}
+
+impl From<WireResidualCodec> for ResidualCodec {
+    fn from(w: WireResidualCodec) -> Self {
+        let bits = u32::from(w.bits);
+        match w.top_k {
+            0 => ResidualCodec::Dense { bits },
+            k => ResidualCodec::TopK {
+                k: k as usize,
+                bits,
+            },
+        }
+    }
+}
+
+/// The target's distribution at a rejected split-verified draft, as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireResidual {
+    pub distribution: PackedPayload,
+    /// ε = ‖y − ŷ‖₁ of a lossy codec.
+    pub l1_error: Option<f32>,
+}
+
+impl WireResidual {
+    /// Pack a residual for a vocabulary of `vocab` entries.
+    pub fn pack(r: &Residual, vocab: usize) -> Self {
+        WireResidual {
+            distribution: PackedPayload::pack(&r.distribution, vocab),
+            l1_error: r.l1_error,
+        }
+    }
+
+    /// Unpack and check a residual a peer sent.
+    pub fn unpack(&self, vocab: usize) -> Result<Residual, String> {
+        let r = Residual {
+            distribution: self.distribution.unpack(vocab)?,
+            l1_error: self.l1_error,
+        };
+        r.validate(vocab).map_err(|e| e.to_string())?;
+        Ok(r)
+    }
 }
 
 /// One drafted token and what was uploaded for it (`None`: skipped by the filter).
@@ -97,6 +174,8 @@ pub enum Response {
     },
     Verdicts {
         verdicts: Vec<Verdict>,
+        /// With a final `Rejected` verdict: the target's distribution there.
+        residual: Option<WireResidual>,
         server_tokens: u64,
         compute_s: f64,
         target_probs: Vec<Option<f32>>,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 /// The first three bytes of every frame.
 pub const MAGIC: &[u8; 3] = b"HLM";
 /// Version of the protocol this build speaks (the fourth byte of every frame).
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 8;
 
@@ -116,12 +116,13 @@ pub fn read_frame<R: Read, M: DeserializeOwned>(
 ///
 /// - dense: |V| values of b bits (8-bit levels `round(p·255)`, IEEE half, or IEEE single);
 /// - top-k: k in ⌈log2(|V|+1)⌉ bits, then k × (index in ⌈log2 |V|⌉ bits, value in b bits);
-/// - token-only: nothing.
+/// - token-only: nothing;
+/// - draft probability (split verification): x_d as an IEEE single, 4 bytes big-endian.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackedPayload {
-    /// 0 = dense, 1 = top-k, 2 = token-only.
+    /// 0 = dense, 1 = top-k, 2 = token-only, 3 = draft probability.
     pub kind: u8,
-    /// Bits per probability: 8, 16 or 32 (0 for token-only).
+    /// Bits per probability: 8, 16 or 32 (0 for token-only, 32 for a draft probability).
     pub bits: u8,
     /// The packed values: ⌈payload bits / 8⌉ bytes (serialised as one byte string, not a
     /// sequence of separately encoded bytes: the same postcard bytes, much faster).
@@ -206,6 +207,11 @@ impl PackedPayload {
                 bits: 0,
                 data: Vec::new(),
             },
+            UploadPayload::DraftProbability { prob } => PackedPayload {
+                kind: 3,
+                bits: 32,
+                data: prob.to_bits().to_be_bytes().to_vec(),
+            },
         }
     }
 
@@ -287,6 +293,18 @@ impl PackedPayload {
             }
             2 if self.data.is_empty() => UploadPayload::TokenOnly,
             2 => return Err("token-only payload carries data".into()),
+            3 => match <[u8; 4]>::try_from(self.data.as_slice()) {
+                Ok(b) if self.bits == 32 => UploadPayload::DraftProbability {
+                    prob: f32::from_be_bytes(b),
+                },
+                _ => {
+                    return Err(format!(
+                        "a draft-probability payload is 4 bytes at 32 bits, not {} bytes at {}",
+                        self.data.len(),
+                        self.bits
+                    ));
+                }
+            },
             other => return Err(format!("unknown payload kind {other}")),
         };
         Ok(payload)
@@ -400,6 +418,20 @@ mod tests {
             assert_eq!(packed.data.len() as u64, bits.div_ceil(8));
             assert_eq!(packed.unpack(vocab).unwrap(), top);
         }
+        let split = UploadPayload::DraftProbability { prob: 0.123_456_79 };
+        let packed = PackedPayload::pack(&split, vocab);
+        assert_eq!(packed.data.len() as u64 * 8, split.bits(vocab));
+        assert_eq!(packed.unpack(vocab).unwrap(), split);
+        let bad = PackedPayload {
+            kind: 3,
+            bits: 32,
+            data: vec![0; 3],
+        };
+        assert!(
+            bad.unpack(vocab)
+                .unwrap_err()
+                .contains("4 bytes at 32 bits")
+        );
         let t = PackedPayload::pack(&UploadPayload::TokenOnly, vocab);
         assert!(t.data.is_empty());
         assert_eq!(t.unpack(vocab).unwrap(), UploadPayload::TokenOnly);
@@ -461,17 +493,21 @@ mod tests {
         let mut buf = Vec::new();
         let n = write_frame(&mut buf, &msg).unwrap();
         assert_eq!(n, buf.len());
-        assert_eq!(&buf[..4], b"HLM\x01");
+        assert_eq!(&buf[..4], b"HLM\x02");
         let (back, m): ((u64, String, Vec<u32>), usize) =
             read_frame(&mut buf.as_slice(), 1 << 20).unwrap();
         assert_eq!((back, m), (msg.clone(), n));
         // Too large for the reader's limit: refused from the header alone.
         let e = read_frame::<_, (u64, String, Vec<u32>)>(&mut buf.as_slice(), 4).unwrap_err();
         assert!(matches!(e, WireError::TooLarge { max: 4, .. }), "{e}");
-        let mut v2 = buf.clone();
-        v2[3] = 2;
-        let e = read_frame::<_, (u64, String, Vec<u32>)>(&mut v2.as_slice(), 1 << 20).unwrap_err();
-        assert!(e.to_string().contains("version 2"), "{e}");
+        let mut v1 = buf.clone();
+        v1[3] = 1;
+        let e = read_frame::<_, (u64, String, Vec<u32>)>(&mut v1.as_slice(), 1 << 20).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("version 1 is not supported (this side speaks version 2)"),
+            "{e}"
+        );
         let e = read_frame::<_, u8>(&mut &b"GET / HTTP/1.1\r\n"[..], 1 << 20).unwrap_err();
         assert!(e.to_string().contains("not an hlm protocol frame"), "{e}");
         // Truncated body, and a body that is not the expected message.

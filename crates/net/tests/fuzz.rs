@@ -25,13 +25,13 @@ use support::*;
 fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(|body| {
-            let mut b = b"HLM\x01".to_vec();
+            let mut b = b"HLM\x02".to_vec();
             b.extend_from_slice(&(body.len() as u32).to_le_bytes());
             b.extend_from_slice(&body);
             b
         }),
         (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(len, body)| {
-            let mut b = b"HLM\x01".to_vec();
+            let mut b = b"HLM\x02".to_vec();
             b.extend_from_slice(&len.to_le_bytes());
             b.extend_from_slice(&body);
             b
@@ -42,9 +42,13 @@ fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 fn payload() -> impl Strategy<Value = PackedPayload> {
     (
-        prop_oneof![Just(0u8), Just(1), Just(2), any::<u8>()],
+        prop_oneof![Just(0u8), Just(1), Just(2), Just(3), any::<u8>()],
         prop_oneof![Just(0u8), Just(8), Just(16), Just(32), any::<u8>()],
-        proptest::collection::vec(any::<u8>(), 0..300),
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            // a draft probability's four bytes
+            proptest::collection::vec(any::<u8>(), 4),
+        ],
     )
         .prop_map(|(kind, bits, data)| PackedPayload { kind, bits, data })
 }
@@ -77,6 +81,7 @@ fn request() -> impl Strategy<Value = Request> {
                     prompt,
                     temperature,
                     seed,
+                    residual: Default::default(),
                 })
             ),
         (
@@ -131,6 +136,7 @@ proptest! {
                 prop_assert!(indices.len() == probs.len() && indices.len() <= vocab);
                 prop_assert!(indices.iter().all(|&i| (i as usize) < vocab));
             }
+            Ok(UploadPayload::DraftProbability { .. }) => prop_assert_eq!(p.data.len(), 4),
             Ok(UploadPayload::TokenOnly) | Err(_) => {}
         }
     }

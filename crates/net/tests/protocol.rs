@@ -147,9 +147,20 @@ fn broken_streams_are_refused_and_closed() {
     assert_eq!(k, ErrorCode::Version);
     assert!(m.contains("version 9"), "{m}");
     c.assert_closed();
+    // A client of protocol version 1 (before split verification) is told why.
+    let mut c = Client::connect(&server);
+    c.0.write_all(b"HLM\x01\x00\x00\x00\x00").unwrap();
+    let (r, _) = read_frame::<_, Response>(&mut c.0, 1 << 20).unwrap();
+    let (k, m) = code(&r);
+    assert_eq!(k, ErrorCode::Version);
+    assert!(
+        m.contains("version 1 is not supported") && m.contains("speaks version 2"),
+        "{m}"
+    );
+    c.assert_closed();
     // Oversized: refused from the header, before the body is read.
     let mut c = Client::connect(&server);
-    c.0.write_all(b"HLM\x01\x00\x00\x10\x00").unwrap();
+    c.0.write_all(b"HLM\x02\x00\x00\x10\x00").unwrap();
     let (r, _) = read_frame::<_, Response>(&mut c.0, 1 << 20).unwrap();
     let (k, m) = code(&r);
     assert_eq!(k, ErrorCode::TooLarge);
@@ -157,14 +168,14 @@ fn broken_streams_are_refused_and_closed() {
     c.assert_closed();
     // A body that is not a request.
     let mut c = Client::connect(&server);
-    c.0.write_all(b"HLM\x01\x03\x00\x00\x00\xff\xff\xff")
+    c.0.write_all(b"HLM\x02\x03\x00\x00\x00\xff\xff\xff")
         .unwrap();
     let (r, _) = read_frame::<_, Response>(&mut c.0, 1 << 20).unwrap();
     assert_eq!(code(&r).0, ErrorCode::BadFrame);
     c.assert_closed();
     // A frame cut short by a client that vanishes.
     let mut c = Client::connect(&server);
-    c.0.write_all(b"HLM\x01\x40\x00\x00\x00\x01\x02").unwrap();
+    c.0.write_all(b"HLM\x02\x40\x00\x00\x00\x01\x02").unwrap();
     drop(c);
     // Through all of it the server kept serving.
     let mut c = Client::connect(&server);
@@ -394,7 +405,7 @@ fn a_trickled_frame_is_cut_off_at_the_frame_deadline() {
     c.0.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
     let started = Instant::now();
     // A header announcing 64 bytes, then one byte every 100 ms.
-    c.0.write_all(b"HLM\x01\x40\x00\x00\x00").unwrap();
+    c.0.write_all(b"HLM\x02\x40\x00\x00\x00").unwrap();
     let mut closed = false;
     for _ in 0..40 {
         std::thread::sleep(Duration::from_millis(100));

@@ -29,12 +29,22 @@ const METHODS: &[(&str, &str, &str)] = &[
         "type = \"token_only\"",
         "[speculation]\ngamma = 3\nbonus_token = true",
     ),
+    // split verification (DSSD): x_d up, the target's distribution down after a rejection
+    ("type = \"always\"", "type = \"split\"", ""),
+    // deferred verification of the tokens a random filter skips, a lossy top-k residual
+    (
+        "type = \"random\"\nskip_rate = 0.5",
+        "type = \"dense\"\nbits = 8",
+        "[speculation]\nfilter_action = \"defer\"\nmax_deferred = 3\n\
+         residual = { type = \"top_k\", k = 16, bits = 16 }",
+    ),
 ];
 
 #[test]
 fn split_run_gives_exactly_the_tokens_of_one_process() {
     let server = start_server(ServerLimits::default());
     let addr = server.addr().to_string();
+    let mut residual_downloads = 0;
     for (i, &(upload, codec, extra)) in METHODS.iter().enumerate() {
         for seed in [3u64, 11] {
             let set = vec![format!("generation.seed={seed}")];
@@ -64,10 +74,21 @@ fn split_run_gives_exactly_the_tokens_of_one_process() {
                 ),
                 "method {i} seed {seed}"
             );
+            assert_eq!(
+                (l.rollbacks, l.residual_downloads, l.residual_bits),
+                (r.rollbacks, r.residual_downloads, r.residual_bits),
+                "method {i} seed {seed}"
+            );
+            assert_eq!(l.residual_tv_bound, r.residual_tv_bound);
+            residual_downloads += r.residual_downloads;
             assert_eq!(r.verifier_faults, 0);
             assert!(r.verify_calls > 0);
         }
     }
+    assert!(
+        residual_downloads > 0,
+        "the split methods must exercise residual downloads"
+    );
     let c = server.counters();
     assert_eq!(
         c.sessions_begun.load(std::sync::atomic::Ordering::Relaxed),
@@ -132,13 +153,27 @@ fn assert_verified_tokens_follow_the_target(
 
 #[test]
 fn a_restarted_server_is_resynchronised_without_losing_tokens() {
+    restart_mid_run("type = \"always\"", "");
+}
+
+/// With deferred verification the restart falls in the middle of a pending deferred check:
+/// the round's tokens are kept unverified, none lost or repeated.
+#[test]
+fn a_restart_during_a_deferred_check_loses_and_repeats_no_token() {
+    restart_mid_run(
+        "type = \"random\"\nskip_rate = 0.7",
+        "[speculation]\nfilter_action = \"defer\"\nmax_deferred = 4",
+    );
+}
+
+fn restart_mid_run(upload: &str, extra: &str) {
     let server = start_server(ServerLimits::default());
     let addr = server.addr().to_string();
     let text = config(
         &remote_verifier(&addr, FAIL_FAST),
-        "type = \"always\"",
+        upload,
         "type = \"dense\"",
-        "",
+        extra,
     );
     let overrides = vec![
         "generation.temperature=0.0".to_string(),
@@ -165,6 +200,9 @@ fn a_restarted_server_is_resynchronised_without_losing_tokens() {
         })
         .expect("the run survives the restart");
     assert_eq!(report.generated_ids.len(), 24);
+    if extra.contains("defer") {
+        assert!(report.stats.deferred > 0, "{:?}", report.stats);
+    }
     let k = &report.kinds;
     let first_unverified = k.iter().position(|k| *k == TokenKind::Unverified);
     let last_unverified = k.iter().rposition(|k| *k == TokenKind::Unverified);
@@ -379,6 +417,7 @@ fn a_server_answering_nonsense_is_a_fault_not_output() {
                             answered_verifies += 1;
                             Response::Verdicts {
                                 verdicts: bad.0.clone(),
+                                residual: None,
                                 server_tokens: 1,
                                 compute_s: bad.1,
                                 target_probs: vec![Some(0.5)],

@@ -20,7 +20,7 @@ use hlm_core::{
 };
 
 use super::{Server, ServerCounters};
-use crate::protocol::{Begin, ErrorCode, Response, SessionStats, Verify};
+use crate::protocol::{Begin, ErrorCode, Response, SessionStats, Verify, WireResidual};
 
 /// What a connection thread asks of the model worker. Verifications and syncs of distinct
 /// sessions are batched into one model pass; control requests are answered in turn.
@@ -288,10 +288,11 @@ impl Worker {
                 .collect();
             verify_batch(&mut refs)
         };
+        let vocab = self.server.info.vocab_size as usize;
         for ((a, reply, mut s), outcome) in taken.into_iter().zip(outcomes) {
             let before = s.context_len;
             let response = match outcome {
-                Ok(o) => Self::record(&mut s, &a, o, &self.counters),
+                Ok(o) => Self::record(vocab, &mut s, &a, o, &self.counters),
                 Err(e) => error(code_of(&e), e.to_string()),
             };
             self.held = self.held.saturating_sub(before) + s.context_len;
@@ -391,6 +392,7 @@ impl Worker {
             seed: b.seed,
             draft_vocab_size: b.vocab_size as usize,
             tokenizer_fingerprint: b.tokenizer_fingerprint,
+            residual: b.residual.into(),
         };
         let t0 = Instant::now();
         if let Err(e) = verifier.begin(&b.prompt, &params) {
@@ -499,6 +501,7 @@ impl Worker {
             } else {
                 Response::Verdicts {
                     verdicts: Vec::new(),
+                    residual: None,
                     server_tokens: 0,
                     compute_s: 0.0,
                     target_probs: Vec::new(),
@@ -540,6 +543,7 @@ impl Worker {
 
     /// Account a finished verification to its session and make the answer.
     fn record(
+        vocab: usize,
         s: &mut Session,
         a: &Admitted,
         outcome: hlm_core::VerifyOutcome,
@@ -570,6 +574,10 @@ impl Worker {
         }
         counters.verify_requests.fetch_add(1, Ordering::Relaxed);
         Response::Verdicts {
+            residual: outcome
+                .residual
+                .as_ref()
+                .map(|r| WireResidual::pack(r, vocab)),
             verdicts: outcome.verdicts,
             server_tokens: outcome.server_tokens,
             compute_s: outcome.compute_s,

@@ -141,6 +141,7 @@ impl Client {
             prompt,
             temperature: 1.0,
             seed: 0,
+            residual: Default::default(),
         }))
     }
 
