@@ -443,7 +443,7 @@ fn serve_and_remote_run_match_the_local_run() {
         .unwrap_or_else(|| panic!("no address in {banner:?}"))
         .to_string();
     assert!(
-        banner.contains("protocol v1") && banner.contains("vocab 64"),
+        banner.contains("protocol v2") && banner.contains("vocab 64"),
         "{banner}"
     );
     let local = write_config(
