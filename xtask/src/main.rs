@@ -90,8 +90,9 @@ enum Cmd {
     },
 }
 
-/// The reproduction's default size: all 8 general prompts x 20 tokens x 6 methods, about 23
-/// CPU-minutes on a 2-core x86 VM (6 prompts took 16.9), inside the 30 of issue 7's done-when.
+/// The reproduction's default size: all 8 general prompts x 20 tokens x 9 methods, 3.2
+/// CPU-minutes on a 2-vCPU AVX-512 Xeon (the six methods of the papers took 27.3 on a 2-core
+/// AMD EPYC VM), inside the 30 of issue 7's done-when.
 const PAPER_PROMPTS: usize = 8;
 const PAPER_TOKENS: usize = 20;
 /// The methods of the paper's comparison, in table order.

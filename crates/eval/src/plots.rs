@@ -54,7 +54,8 @@ pub struct Point<'a> {
     pub summary: &'a [MethodSummary],
 }
 
-const COLOURS: [RGBColor; 8] = [
+/// Tableau's ten categorical colours: one per method of `hlm bench`'s default list.
+const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -63,6 +64,8 @@ const COLOURS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
