@@ -252,6 +252,21 @@ fn overrides_reach_nested_tables() {
     assert!(cfg.to_toml().expect("serialises").contains("lambda = 0.5"));
 }
 
+/// A wrongly typed value of a component's key is named with its table, in one block of text.
+#[test]
+fn a_mistyped_override_is_reported_without_blank_lines() {
+    link();
+    let path = configs_dir().join("hlm.toml");
+    let e = PipelineConfig::load(&path, &["codec.bits=true".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("invalid type: boolean `true`, expected u32") && e.contains("in `codec`"),
+        "{e}"
+    );
+    assert!(!e.contains("\n\n"), "{e:?}");
+}
+
 #[test]
 fn every_profile_can_be_included_and_validates() {
     link();

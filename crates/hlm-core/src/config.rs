@@ -211,7 +211,7 @@ impl PipelineConfig {
     ) -> Result<Self> {
         let err = |message: String| HlmError::Config {
             origin: origin.to_string(),
-            message,
+            message: without_blank_lines(&message),
         };
         let mut table: toml::Table = text
             .parse()
@@ -319,6 +319,16 @@ impl PipelineConfig {
         }
         Ok(())
     }
+}
+
+/// A deserialiser's message as one block: typetag's errors for a component (`[codec]`) end
+/// their first line with a run of empty ones before naming the table.
+fn without_blank_lines(message: &str) -> String {
+    message
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Includes nest at most this deep (a guard against include cycles).
