@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::collections::HashMap;
-
 use hlm_core::sampling::{argmax, softmax_with_temperature, token_index_bits};
 use hlm_core::{
     AcceptanceRule, FilterAction, LanguageModel, LocalVerifier, SpeculativeSampling, TokenId,
@@ -440,24 +438,11 @@ fn lossless_on_tiny_transformers_at_fast_precision() {
     let (prompt, len, temperature, runs) = ([1u32, 5], 2usize, 0.5f32, 8000u64);
     // The target's law, one forward pass per prefix.
     let mut target = load("tiny-qwen2");
-    let mut law = HashMap::new();
-    let mut stack = vec![(Vec::<TokenId>::new(), 1.0f64)];
-    while let Some((seq, p)) = stack.pop() {
-        if seq.len() == len {
-            law.insert(seq, p);
-            continue;
-        }
-        let mut hist = prompt.to_vec();
-        hist.extend(&seq);
+    let law = law_of(&prompt, len, |hist| {
         target.truncate(0).unwrap();
-        let logits = target.forward_all(&hist).unwrap().pop().unwrap();
-        let y = softmax_with_temperature(&logits, temperature);
-        for (t, &q) in y.iter().enumerate() {
-            let mut next = seq.clone();
-            next.push(t as TokenId);
-            stack.push((next, p * q as f64));
-        }
-    }
+        let logits = target.forward_all(hist).unwrap().pop().unwrap();
+        softmax_with_temperature(&logits, temperature)
+    });
     let testable = law.values().filter(|&&p| p * runs as f64 >= 5.0).count();
     assert!(testable >= 20, "only {testable} cells can be tested");
     let pipeline = |rule: Box<dyn AcceptanceRule>| {

@@ -44,19 +44,6 @@ fn sorted_desc(probs: &[f32]) -> Vec<u32> {
     idx
 }
 
-fn top_k_payload(probs: &[f32], order: &[u32], k: usize, q: ProbQuantization) -> UploadPayload {
-    let indices: Vec<TokenId> = order[..k].to_vec();
-    let kept = indices
-        .iter()
-        .map(|&i| q.roundtrip(probs[i as usize]))
-        .collect();
-    UploadPayload::TopK {
-        quantization: q,
-        indices,
-        probs: kept,
-    }
-}
-
 /// The k most likely tokens with their ids, at `bits` per probability.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,7 +166,7 @@ impl UploadCodec for AdaptiveTopK {
     fn encode(&self, probs: &[f32], draft: TokenId, h: &CodecHints) -> Result<UploadPayload> {
         let q = quantization(self.bits)?;
         let (k, order) = self.choose_k(probs, draft, h.uncertainty);
-        Ok(top_k_payload(probs, &order, k, q))
+        Ok(UploadPayload::top_k_of(probs, order[..k].to_vec(), q))
     }
     fn validate(&self, vocab: usize) -> Result<()> {
         quantization(self.bits)?;

@@ -129,13 +129,19 @@ impl UploadPayload {
             idx.truncate(k);
         }
         idx.sort_unstable_by(cmp);
-        let kept = idx
+        Self::top_k_of(probs, idx, q)
+    }
+
+    /// The entries `indices` of `probs` (already chosen, in the order given), each value as the
+    /// receiver decodes it under `q`.
+    pub fn top_k_of(probs: &[f32], indices: Vec<TokenId>, q: ProbQuantization) -> Self {
+        let kept = indices
             .iter()
             .map(|&i| q.roundtrip(probs[i as usize]))
             .collect();
         UploadPayload::TopK {
             quantization: q,
-            indices: idx,
+            indices,
             probs: kept,
         }
     }

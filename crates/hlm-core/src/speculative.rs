@@ -188,65 +188,60 @@ pub fn rejection_probability(draft: TokenId, x: &[f32], y: &[f32]) -> f32 {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
-    /// Exhaustive check of the output law of one accept/resample step against y.
-    #[test]
-    fn one_step_output_is_distributed_as_target() {
-        let x = [0.5f32, 0.3, 0.15, 0.05];
-        let y = [0.1f32, 0.2, 0.3, 0.4];
-        let rule = SpeculativeSampling {};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    const X: [f32; 4] = [0.5, 0.3, 0.15, 0.05];
+    const Y: [f32; 4] = [0.1, 0.2, 0.3, 0.4];
+
+    /// Draws d ~ X 200,000 times, lets `step` decide the output token for each, and checks the
+    /// output frequencies against Y.
+    fn assert_output_follows_y(
+        seed: u64,
+        mut step: impl FnMut(TokenId, &mut ChaCha8Rng) -> TokenId,
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = 200_000;
         let mut counts = [0f64; 4];
         for _ in 0..n {
-            let d = sample(&x, &mut rng) as TokenId;
-            let out = match rule.judge(d, &x, &y, &mut rng) {
-                Judgement::Accept => d,
-                Judgement::Reject(t) => t,
-            };
-            counts[out as usize] += 1.0;
+            let d = sample(&X, &mut rng) as TokenId;
+            counts[step(d, &mut rng) as usize] += 1.0;
         }
         for i in 0..4 {
             let p = counts[i] / n as f64;
             assert!(
-                (p - y[i] as f64).abs() < 0.005,
+                (p - Y[i] as f64).abs() < 0.005,
                 "token {i}: {p} vs {}",
-                y[i]
+                Y[i]
             );
         }
+    }
+
+    /// Exhaustive check of the output law of one accept/resample step against y.
+    #[test]
+    fn one_step_output_is_distributed_as_target() {
+        let rule = SpeculativeSampling {};
+        assert_output_follows_y(11, |d, rng| match rule.judge(d, &X, &Y, rng) {
+            Judgement::Accept => d,
+            Judgement::Reject(t) => t,
+        });
     }
 
     /// Split judging with the device's residual draw has the same output law as full
     /// speculative sampling: y.
     #[test]
     fn split_judging_with_residual_draw_is_distributed_as_target() {
-        let x = [0.5f32, 0.3, 0.15, 0.05];
-        let y = [0.1f32, 0.2, 0.3, 0.4];
         let rule = SpeculativeSampling {};
-        let residual = crate::ResidualCodec::default().encode(&y).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
-        let n = 200_000;
-        let mut counts = [0f64; 4];
-        for _ in 0..n {
-            let d = sample(&x, &mut rng) as TokenId;
-            let out = match rule.judge_split(d, x[d as usize], &y, &mut rng) {
+        let residual = crate::ResidualCodec::default().encode(&Y).unwrap();
+        assert_output_follows_y(12, |d, rng| {
+            match rule.judge_split(d, X[d as usize], &Y, rng) {
                 SplitJudgement::Accept => d,
                 SplitJudgement::Replace(t) => t,
-                SplitJudgement::Residual => residual.draw(&x, &mut rng).unwrap().0,
-            };
-            counts[out as usize] += 1.0;
-        }
-        for i in 0..4 {
-            let p = counts[i] / n as f64;
-            assert!(
-                (p - y[i] as f64).abs() < 0.005,
-                "token {i}: {p} vs {}",
-                y[i]
-            );
-        }
-        let g = GreedyMatch {};
+                SplitJudgement::Residual => residual.draw(&X, rng).unwrap().0,
+            }
+        });
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
         assert_eq!(
-            g.judge_split(0, 1.0, &y, &mut rng),
+            GreedyMatch {}.judge_split(0, 1.0, &Y, &mut rng),
             SplitJudgement::Replace(3)
         );
     }

@@ -99,6 +99,18 @@ pub fn build(
 /// Exact probability of each continuation of length `len` under the target model.
 pub fn target_law(vocab: usize, prompt: &[TokenId], len: usize) -> HashMap<Vec<TokenId>, f64> {
     let target = TableLm::new(vocab, TARGET_SEED, 3.0);
+    law_of(prompt, len, |hist| {
+        softmax_with_temperature(&target.logits_after(hist), 1.0)
+    })
+}
+
+/// Exact probability of each continuation of length `len` of `prompt`, given the next-token
+/// distribution after each history (`next(prompt + prefix)`).
+pub fn law_of(
+    prompt: &[TokenId],
+    len: usize,
+    mut next: impl FnMut(&[TokenId]) -> Vec<f32>,
+) -> HashMap<Vec<TokenId>, f64> {
     let mut law = HashMap::new();
     let mut stack = vec![(Vec::<TokenId>::new(), 1.0f64)];
     while let Some((seq, p)) = stack.pop() {
@@ -108,7 +120,7 @@ pub fn target_law(vocab: usize, prompt: &[TokenId], len: usize) -> HashMap<Vec<T
         }
         let mut hist = prompt.to_vec();
         hist.extend(&seq);
-        let y = softmax_with_temperature(&target.logits_after(&hist), 1.0);
+        let y = next(&hist);
         for (t, &q) in y.iter().enumerate() {
             let mut next = seq.clone();
             next.push(t as TokenId);
