@@ -107,6 +107,11 @@ impl Residual {
 
     /// Check what a peer sent: a decodable dense or top-k distribution and a sane ε.
     pub fn validate(&self, vocab: usize) -> Result<()> {
+        self.decode(vocab).map(|_| ())
+    }
+
+    /// ŷ over a vocabulary of `vocab` entries, after the checks of [`Residual::validate`].
+    fn decode(&self, vocab: usize) -> Result<Vec<f32>> {
         match &self.distribution {
             UploadPayload::Dense { .. } | UploadPayload::TopK { .. } => {}
             other => {
@@ -116,7 +121,6 @@ impl Residual {
                 )));
             }
         }
-        self.distribution.reconstruct(0, vocab)?;
         if let Some(e) = self.l1_error
             && !(e.is_finite() && (0.0..=2.0).contains(&e))
         {
@@ -124,14 +128,15 @@ impl Residual {
                 "residual error bound {e} is not in [0, 2]"
             )));
         }
-        Ok(())
+        self.distribution.reconstruct(0, vocab)
     }
 
     /// Draw the replacement token from norm(max(0, ŷ − x)), `x` the device's own draft
     /// distribution at the rejected position. Returns the token and the bound on TV(r, r̂) this
-    /// draw contributes (0 with an exact residual).
+    /// draw contributes (0 with an exact residual). A residual that fails
+    /// [`Residual::validate`] is refused.
     pub fn draw(&self, x: &[f32], rng: &mut dyn RngCore) -> Result<(TokenId, f64)> {
-        let y = self.distribution.reconstruct(0, x.len())?;
+        let y = self.decode(x.len())?;
         let weights: Vec<f32> = y.iter().zip(x).map(|(&a, &b)| (a - b).max(0.0)).collect();
         // An all-zero residual means ŷ ≤ x everywhere, i.e. ŷ == x up to rounding: ŷ itself is
         // then the right distribution to draw from (as in exact speculative sampling).
@@ -219,6 +224,11 @@ mod tests {
             l1_error: Some(f32::NAN),
         };
         assert!(bad.validate(4).unwrap_err().to_string().contains("[0, 2]"));
+        // The device's draw refuses what validation refuses.
+        let e = bad
+            .draw(&x, &mut RandomStream::Residual.rng(0))
+            .unwrap_err();
+        assert!(e.to_string().contains("[0, 2]"), "{e}");
         assert!(
             ResidualCodec::TopK { k: 9, bits: 8 }
                 .validate(4)
