@@ -468,10 +468,16 @@ impl Lanes for Ymm2 {
     }
     #[inline(always)]
     unsafe fn or_hi2(v: [__m256i; 2], hi: [__m256i; 2], i: u32) -> [__m256i; 2] {
+        // As the AVX-512 version: one shift puts bits 2i, 2i + 1 at bits 4, 5 (what crosses
+        // bytes lands outside 0x30), then a mask and an OR: 3 instructions where 4 were.
         pair_i(|h| {
-            let shifted = _mm256_srl_epi16(hi[h], _mm_cvtsi32_si128(2 * i as i32));
-            let two = _mm256_and_si256(shifted, _mm256_set1_epi8(3));
-            _mm256_or_si256(v[h], _mm256_slli_epi16::<4>(two))
+            let moved = match i {
+                0 => _mm256_slli_epi16::<4>(hi[h]),
+                1 => _mm256_slli_epi16::<2>(hi[h]),
+                2 => hi[h],
+                _ => _mm256_srli_epi16::<2>(hi[h]),
+            };
+            _mm256_or_si256(v[h], _mm256_and_si256(moved, _mm256_set1_epi8(0x30)))
         })
     }
     #[inline(always)]
