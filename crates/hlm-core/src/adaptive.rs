@@ -9,7 +9,12 @@
 //! γ + 1 positions costs what one costs; on a CPU it does not, so `t_verify` is measured per
 //! position count (interpolated linearly between the counts seen, extrapolated from the
 //! nearest two). Where speculation cannot win, γ = 0 switches it off; a probe round of γ = 1
-//! every [`AdaptiveGamma::PROBE_EVERY`] target-only tokens keeps α and `t_draft` current.
+//! after [`AdaptiveGamma::PROBE_EVERY`] target-only tokens keeps α and `t_draft` current.
+//! A probe is not free (the draft model first catches up on every token the target decoded
+//! alone, then drafts, and the target verifies two positions): on a 2-core Zen 3 the Qwen pair
+//! (a draft step costs half a target pass) lost 7 % to probes every 16 tokens. So each probe
+//! that leaves speculation off doubles the wait before the next, up to
+//! [`AdaptiveGamma::MAX_PROBE_EVERY`], and a probe that switches it on resets the wait.
 
 /// Running estimates of a run's costs and acceptance, and the γ they recommend.
 #[derive(Debug, Clone)]
@@ -24,6 +29,8 @@ pub struct AdaptiveGamma {
     verify_s: Vec<Option<f64>>,
     /// Target-only tokens since speculation was last tried.
     off_for: usize,
+    /// Target-only tokens the next probe waits for.
+    probe_after: usize,
 }
 
 impl AdaptiveGamma {
@@ -31,8 +38,10 @@ impl AdaptiveGamma {
     const RATE: f64 = 0.2;
     /// How many past drafts the acceptance rate remembers, roughly.
     const MEMORY: f64 = 64.0;
-    /// Target-only tokens between probe rounds while speculation is off.
+    /// Target-only tokens before the first probe round once speculation is off.
     pub const PROBE_EVERY: usize = 16;
+    /// The longest wait between probe rounds (each probe that fails doubles the wait).
+    pub const MAX_PROBE_EVERY: usize = 256;
 
     /// γ at most `max_gamma` (clamped to `1..=`[`crate::config::MAX_GAMMA`]).
     pub fn new(max_gamma: usize) -> Self {
@@ -44,6 +53,7 @@ impl AdaptiveGamma {
             draft_s: None,
             verify_s: vec![None; max_gamma + 2],
             off_for: 0,
+            probe_after: Self::PROBE_EVERY,
         }
     }
 
@@ -76,11 +86,14 @@ impl AdaptiveGamma {
         let best = self.best_gamma();
         if best > 0 {
             self.off_for = 0;
+            self.probe_after = Self::PROBE_EVERY;
             return best;
         }
         self.off_for += 1;
-        if self.off_for > Self::PROBE_EVERY {
+        if self.off_for > self.probe_after {
             self.off_for = 0;
+            // Reset by the next call if this probe switches speculation back on.
+            self.probe_after = (self.probe_after * 2).min(Self::MAX_PROBE_EVERY);
             return 1;
         }
         0
@@ -208,6 +221,40 @@ mod tests {
             .collect();
         assert!(rounds[..AdaptiveGamma::PROBE_EVERY].iter().all(|&r| r == 0));
         assert_eq!(rounds[AdaptiveGamma::PROBE_EVERY], 1, "a probe round");
+    }
+
+    /// Probes that find speculation still losing come at 16, then 32, 64, ... target-only
+    /// tokens apart, up to the cap; one that finds it winning resets the wait.
+    #[test]
+    fn failed_probes_back_off_and_a_winning_one_resets() {
+        let mut g = measured(0.4, |n| 1.0 + 0.1 * (n as f64 - 1.0), 0.3);
+        let mut gaps = vec![];
+        let mut since = 0;
+        for _ in 0..2000 {
+            if g.next_gamma() == 1 {
+                gaps.push(since);
+                since = 0;
+            } else {
+                since += 1;
+            }
+        }
+        let cap = AdaptiveGamma::MAX_PROBE_EVERY;
+        assert_eq!(&gaps[..6], &[16, 32, 64, 128, cap, cap]);
+        // Drafts become cheap and always accepted: the next probe turns speculation on ...
+        g.record_draft(1e-4);
+        for _ in 0..50 {
+            g.record_draft(1e-4);
+            g.record_round(100, 100);
+        }
+        assert!(g.next_gamma() > 1);
+        // ... and when it loses again, the first probe comes after 16 tokens once more.
+        for _ in 0..50 {
+            g.record_draft(0.4);
+            g.record_round(100, 30);
+        }
+        let off = (0..=AdaptiveGamma::PROBE_EVERY).map(|_| g.next_gamma());
+        assert_eq!(off.filter(|&r| r == 1).count(), 1);
+        assert_eq!(g.next_gamma(), 0);
     }
 
     #[test]
