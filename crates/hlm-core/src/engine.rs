@@ -161,6 +161,13 @@ impl Pipeline {
             .as_ref()
             .and_then(|d| d.tokenizer())
             .or_else(|| verifier.as_ref().and_then(|v| v.tokenizer()));
+        let mut verifier = verifier;
+        if let (Some(t), Some(v)) = (
+            draft.as_ref().and_then(|d| d.tokenizer()),
+            verifier.as_mut(),
+        ) {
+            v.use_device_tokenizer(t);
+        }
         let pipeline = Pipeline {
             draft,
             verifier,

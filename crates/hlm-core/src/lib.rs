@@ -32,6 +32,7 @@ pub mod energy;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod judge;
 pub mod link;
 pub mod local_verifier;
 pub mod logits;
@@ -56,6 +57,7 @@ pub use filter::{
     ImportanceScorer, ImportanceSignal, ThresholdPolicy, TokenView, UncertaintyEstimator,
     UploadDecision, UploadRule,
 };
+pub use judge::{DraftJudge, Judged};
 pub use link::{Direction, LinkModel, Transfer};
 pub use local_verifier::{LocalVerifier, LocalVerifierSpec, verify_batch};
 pub use logits::{HostLogits, NextTokenLogits};

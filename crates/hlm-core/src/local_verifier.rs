@@ -8,15 +8,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::sampling::softmax_with_temperature;
-use crate::streams::RandomStream;
+use crate::judge::{DraftJudge, Judged};
 use crate::{
-    AcceptanceRule, BuildContext, ConfiguredRule, GreedyMatch, HlmError, Judgement, ResidualCodec,
-    Result, SessionParams, SplitJudgement, TargetModel, TargetModelSpec, TextTokenizer, TokenId,
-    UploadPayload, Verdict, Verifier, VerifierSpec, VerifyOutcome, VerifyRequest,
+    AcceptanceRule, BuildContext, ConfiguredRule, HlmError, Result, SessionParams, TargetModel,
+    TargetModelSpec, TextTokenizer, TokenId, Verifier, VerifierSpec, VerifyOutcome, VerifyRequest,
 };
 
 /// A verifier that runs its target model in this process.
@@ -27,11 +24,7 @@ use crate::{
 /// to just before it, so the replacement token arrives as context of the next request.
 pub struct LocalVerifier {
     model: Box<dyn TargetModel>,
-    rule: Arc<dyn AcceptanceRule>,
-    greedy: GreedyMatch,
-    temperature: f32,
-    residual: ResidualCodec,
-    rng: ChaCha8Rng,
+    judge: DraftJudge,
     last_logits: Option<Vec<f32>>,
 }
 
@@ -41,11 +34,7 @@ impl LocalVerifier {
     pub fn new(model: Box<dyn TargetModel>, rule: Arc<dyn AcceptanceRule>) -> Self {
         LocalVerifier {
             model,
-            rule,
-            greedy: GreedyMatch {},
-            temperature: 1.0,
-            residual: ResidualCodec::default(),
-            rng: RandomStream::Verifier.rng(0),
+            judge: DraftJudge::new(rule),
             last_logits: None,
         }
     }
@@ -64,11 +53,7 @@ impl Verifier for LocalVerifier {
         if prompt.is_empty() {
             return Err(HlmError::Verifier("empty prompt".into()));
         }
-        params.residual.validate(self.model.vocab_size())?;
-        self.temperature = params.temperature;
-        self.residual = params.residual;
-        // A stream of its own, apart from the device's streams of the same seed.
-        self.rng = RandomStream::Verifier.rng(params.seed);
+        self.judge.begin(params, self.model.vocab_size())?;
         self.model.truncate(0)?;
         // Only the last position's logits are ever read: a long prompt must not cost a row
         // of the vocabulary per token.
@@ -155,66 +140,28 @@ impl LocalVerifier {
         }
         // With context, the first row is its last position's: it predicts the first draft.
         predictive.extend(all);
-        let mut verdicts = Vec::with_capacity(req.drafts.len() + 1);
-        let mut target_probs = Vec::with_capacity(req.drafts.len());
-        let mut rejected_at = None;
-        let mut residual = None;
-        for (i, d) in req.drafts.iter().enumerate() {
-            let Some(payload) = &d.payload else {
-                verdicts.push(Verdict::Unverified);
-                target_probs.push(None);
-                continue;
-            };
-            let y = softmax_with_temperature(&predictive[i], self.temperature);
-            target_probs.push(y.get(d.token as usize).copied());
-            let rule: &dyn AcceptanceRule = if self.temperature <= 0.0 {
-                // Temperature 0 makes both distributions one-hot; greedy matching is the same
-                // rule without building them.
-                &self.greedy
-            } else {
-                self.rule.as_ref()
-            };
-            let verdict = if let UploadPayload::DraftProbability { prob } = payload {
-                match rule.judge_split(d.token, *prob, &y, &mut self.rng) {
-                    SplitJudgement::Accept => Verdict::Accepted,
-                    SplitJudgement::Replace(t) => Verdict::Resampled(t),
-                    SplitJudgement::Residual => {
-                        residual = Some(self.residual.encode(&y)?);
-                        Verdict::Rejected
-                    }
-                }
-            } else {
-                let x = payload.reconstruct(d.token, vocab)?;
-                match rule.judge(d.token, &x, &y, &mut self.rng) {
-                    Judgement::Accept => Verdict::Accepted,
-                    Judgement::Reject(t) => Verdict::Resampled(t),
-                }
-            };
-            verdicts.push(verdict);
-            if verdict != Verdict::Accepted {
-                rejected_at = Some(i);
-                break;
-            }
-        }
-        match rejected_at {
+        let judged = self
+            .judge
+            .judge(req, vocab, |j| match predictive.get_mut(j) {
+                Some(row) => Ok(std::mem::take(row)),
+                None => Err(HlmError::Model(format!(
+                    "no row of logits for position {j}"
+                ))),
+            })?;
+        match judged.rejected_at {
             Some(i) => {
                 self.model.truncate(base + nctx + i)?;
                 self.last_logits = None;
             }
-            None if req.bonus => {
-                let y = softmax_with_temperature(&predictive[req.drafts.len()], self.temperature);
-                let t = if self.temperature <= 0.0 {
-                    crate::sampling::argmax(&y)
-                } else {
-                    crate::sampling::sample(&y, &mut self.rng)
-                };
-                verdicts.push(Verdict::Bonus(t as TokenId));
-                self.last_logits = None;
-            }
-            None => {
-                self.last_logits = predictive.pop();
-            }
+            None if req.bonus => self.last_logits = None,
+            None => self.last_logits = predictive.pop(),
         }
+        let Judged {
+            verdicts,
+            residual,
+            target_probs,
+            ..
+        } = judged;
         Ok(VerifyOutcome {
             verdicts,
             residual,

@@ -91,6 +91,10 @@ pub trait Verifier: Send {
     fn verify(&mut self, request: &VerifyRequest) -> Result<VerifyOutcome>;
     /// The tokenizer, when the verifier knows one.
     fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>>;
+    /// The device's tokenizer, given when the pipeline is built. A verifier that cannot
+    /// offer its own for comparison (a serving engine with a tokenizer endpoint) keeps it to
+    /// check the engine's tokenization against at session start; others ignore it.
+    fn use_device_tokenizer(&mut self, _tokenizer: Arc<dyn TextTokenizer>) {}
     /// A short human-readable description.
     fn describe(&self) -> String;
 }
