@@ -94,8 +94,6 @@ impl RemoteVerifierSpec {
     }
 
     fn validate(&self) -> Result<()> {
-        // Finite ranges: a timeout of 1e300 s is a typo that would otherwise panic when it
-        // becomes a Duration, in the middle of a run.
         for (key, v, min_exclusive) in [
             ("verifier.connect_timeout_s", self.connect_timeout_s, true),
             ("verifier.request_timeout_s", self.request_timeout_s, true),
@@ -106,29 +104,41 @@ impl RemoteVerifierSpec {
                 false,
             ),
         ] {
-            let above_min = if min_exclusive { v > 0.0 } else { v >= 0.0 };
-            if !(above_min && v <= MAX_SECONDS) {
-                let lower = if min_exclusive {
-                    "above 0"
-                } else {
-                    "at least 0"
-                };
-                return Err(HlmError::invalid(
-                    key,
-                    v,
-                    format!("must be a number of seconds {lower} and at most {MAX_SECONDS}"),
-                ));
-            }
+            check_seconds(key, v, min_exclusive)?;
         }
-        if self.retries > MAX_RETRIES {
-            return Err(HlmError::invalid(
-                "verifier.retries",
-                self.retries,
-                format!("must be at most {MAX_RETRIES}"),
-            ));
-        }
-        Ok(())
+        check_retries(self.retries)
     }
+}
+
+/// A timeout or delay of a verifier's config: finite, in range. A timeout of 1e300 s is a
+/// typo that would otherwise panic when it becomes a Duration, in the middle of a run.
+pub(crate) fn check_seconds(key: &str, v: f64, min_exclusive: bool) -> Result<()> {
+    let above_min = if min_exclusive { v > 0.0 } else { v >= 0.0 };
+    if !(above_min && v <= MAX_SECONDS) {
+        let lower = if min_exclusive {
+            "above 0"
+        } else {
+            "at least 0"
+        };
+        return Err(HlmError::invalid(
+            key,
+            v,
+            format!("must be a number of seconds {lower} and at most {MAX_SECONDS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `verifier.retries`: at most [`MAX_RETRIES`].
+pub(crate) fn check_retries(retries: u32) -> Result<()> {
+    if retries > MAX_RETRIES {
+        return Err(HlmError::invalid(
+            "verifier.retries",
+            retries,
+            format!("must be at most {MAX_RETRIES}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The longest timeout or delay a remote verifier accepts (an hour).

@@ -10,7 +10,9 @@
 //!   state on shared weights, a model worker that takes queued requests as batches;
 //! - [`client`]: [`RemoteVerifierSpec`] (`[verifier] type = "remote"`), reconnection and
 //!   resynchronisation after faults;
-//! - [`emulation`]: [`LinkEmulator`] holds each message for its modelled airtime.
+//! - [`emulation`]: [`LinkEmulator`] holds each message for its modelled airtime;
+//! - [`engines`]: verification on serving engines (`type = "llama_server"`, `"vllm"`,
+//!   `"sglang"`) over HTTP.
 //!
 //! ```no_run
 //! # fn main() -> hlm_core::Result<()> {
@@ -23,16 +25,18 @@
 
 pub mod client;
 pub mod emulation;
+pub mod engines;
 pub mod protocol;
 pub mod server;
 pub mod wire;
 
 pub use client::{RemoteVerifier, RemoteVerifierSpec};
 pub use emulation::LinkEmulator;
+pub use engines::{EngineSpec, EngineVerifier, LlamaServerSpec, SglangSpec, VllmSpec};
 pub use server::{
     MemoryBudget, Server, ServerConfig, ServerCounters, ServerFailed, ServerHandle, ServerLimits,
 };
 
-/// Make sure the plug-ins of this crate (`type = "remote"`) are linked into a binary that only
+/// Make sure the plug-ins of this crate (`type = "remote"`, the engine verifiers) are linked into a binary that only
 /// names them in config files.
 pub fn link() {}

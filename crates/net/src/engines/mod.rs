@@ -1,0 +1,219 @@
+//! Verification on the serving engines where large models already run: llama.cpp's
+//! `llama-server`, vLLM and SGLang.
+//!
+//! Every engine here is asked for the same thing, the target's next-token distribution after
+//! a prefix, over the whole vocabulary and before temperature; the device's side
+//! ([`EngineVerifier`]) judges the drafts against it with the same [`hlm_core::DraftJudge`]
+//! as the in-process verifier, draws from the same random stream and computes the residual
+//! itself. With the whole distribution nothing is approximated: a run verified by an engine
+//! equals a local run on the same weights token for token, as far as the two compute the
+//! same logits.
+//!
+//! - [`http`]: the one HTTP client (timeouts, retries, faults versus refusals);
+//! - [`llama_server`]: `POST /completion` with `n_probs` = the vocabulary, one request per
+//!   position (it has no prompt log-probabilities; its prompt cache makes the shared prefix
+//!   cheap) and only up to the first rejection;
+//! - [`vllm`]: `POST /v1/completions` with `prompt_logprobs = -1`, every position in one
+//!   request (needs `--max-logprobs -1`);
+//! - [`sglang`]: `POST /generate` with `logprob_start_len` and `top_logprobs_num` = the
+//!   vocabulary, every position in one request, the prefix still served from its radix cache.
+//!
+//! ```toml
+//! [verifier]
+//! type = "llama_server"          # or "vllm", "sglang"
+//! url = "http://127.0.0.1:8080"
+//! ```
+
+pub mod http;
+pub mod llama_server;
+pub mod sglang;
+mod verifier;
+pub mod vllm;
+
+use hlm_core::{BuildContext, Result, TokenId, Verifier, VerifierSpec};
+use serde::{Deserialize, Serialize};
+
+pub use verifier::EngineVerifier;
+
+/// What an engine serves, as it reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// The model's name or path.
+    pub model: String,
+    /// Entries of its vocabulary (logit rows), when the engine says.
+    pub vocab_size: Option<usize>,
+    /// The longest context it serves, when it says.
+    pub max_context: Option<usize>,
+}
+
+/// One position's next-token log-probabilities, as `(token id, log-probability)` pairs.
+pub type SparseRow = Vec<(TokenId, f32)>;
+
+/// What an engine answered for a scoring request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scored {
+    /// One row per prefix end, in order.
+    pub rows: Vec<SparseRow>,
+    /// Positions the engine computed (past its cache), when it says.
+    pub computed_positions: Option<u64>,
+    /// Seconds the engine spent, when it says.
+    pub compute_s: Option<f64>,
+}
+
+/// One serving engine's request and response shapes.
+pub trait Engine: Send {
+    /// The engine's name and address, for messages (`llama-server at http://...`).
+    fn describe(&self) -> String;
+    /// What it serves.
+    fn info(&mut self) -> Result<EngineInfo>;
+    /// Its tokens for `text` without special tokens, where it has a tokenizer endpoint.
+    fn tokenize(&mut self, text: &str) -> Result<Option<Vec<TokenId>>>;
+    /// Whether one request scores several prefixes of a sequence (prompt log-probabilities);
+    /// otherwise [`Engine::score`] is asked for one row at a time.
+    fn scores_prompt(&self) -> bool;
+    /// The whole next-token distribution after `tokens[..end]`, for each `end` in
+    /// `from..=tokens.len()` (`from ≥ 1`), before temperature.
+    fn score(&mut self, tokens: &[TokenId], from: usize, vocab: usize) -> Result<Scored>;
+}
+
+/// The config every engine verifier shares (`[verifier] type = "llama_server"`, `"vllm"` or
+/// `"sglang"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    /// Where the engine listens, `http://HOST:PORT`.
+    pub url: String,
+    /// The model name to send (vLLM and SGLang serve several under names); also checked
+    /// against the engine's own: its name must contain this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Time allowed to open a connection (seconds).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_s: f64,
+    /// Time allowed for one answer (seconds).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_s: f64,
+    /// Attempts after the first, each after `retry_delay_s`.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Pause between attempts (seconds).
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_s: f64,
+    /// While the engine does not answer, ask again at most this often (seconds); rounds in
+    /// between are kept unverified at once.
+    #[serde(default = "default_reconnect_interval")]
+    pub reconnect_interval_s: f64,
+    /// The largest answer accepted (MiB): a whole-vocabulary row of a 150k vocabulary is
+    /// about 12 MB of llama-server's JSON.
+    #[serde(default = "default_max_response_mb")]
+    pub max_response_mb: u64,
+}
+
+fn default_connect_timeout() -> f64 {
+    5.0
+}
+fn default_request_timeout() -> f64 {
+    120.0
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_delay() -> f64 {
+    0.2
+}
+fn default_reconnect_interval() -> f64 {
+    2.0
+}
+fn default_max_response_mb() -> u64 {
+    256
+}
+
+/// The largest `max_response_mb` (4 GiB).
+const MAX_RESPONSE_MB: u64 = 4096;
+
+impl EngineSpec {
+    /// Spec for `url` with every default.
+    pub fn new(url: impl Into<String>) -> Self {
+        EngineSpec {
+            url: url.into(),
+            model: None,
+            connect_timeout_s: default_connect_timeout(),
+            request_timeout_s: default_request_timeout(),
+            retries: default_retries(),
+            retry_delay_s: default_retry_delay(),
+            reconnect_interval_s: default_reconnect_interval(),
+            max_response_mb: default_max_response_mb(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        use crate::client::{check_retries, check_seconds};
+        check_seconds("verifier.connect_timeout_s", self.connect_timeout_s, true)?;
+        check_seconds("verifier.request_timeout_s", self.request_timeout_s, true)?;
+        check_seconds("verifier.retry_delay_s", self.retry_delay_s, false)?;
+        check_seconds(
+            "verifier.reconnect_interval_s",
+            self.reconnect_interval_s,
+            false,
+        )?;
+        check_retries(self.retries)?;
+        if !(1..=MAX_RESPONSE_MB).contains(&self.max_response_mb) {
+            return Err(hlm_core::HlmError::invalid(
+                "verifier.max_response_mb",
+                self.max_response_mb,
+                format!("must be 1 to {MAX_RESPONSE_MB}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The verifier on `engine`, built from this spec.
+    fn verifier<E: Engine + 'static>(
+        &self,
+        engine: impl FnOnce(http::HttpClient, Option<String>) -> E,
+    ) -> Result<Box<dyn Verifier>> {
+        self.validate()?;
+        let client = http::HttpClient::new(self)?;
+        Ok(Box::new(EngineVerifier::new(
+            engine(client, self.model.clone()),
+            self.model.clone(),
+        )))
+    }
+}
+
+/// `[verifier] type = "llama_server"`: llama.cpp's server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LlamaServerSpec(pub EngineSpec);
+
+/// `[verifier] type = "vllm"`: vLLM's OpenAI-compatible server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VllmSpec(pub EngineSpec);
+
+/// `[verifier] type = "sglang"`: SGLang's native server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SglangSpec(pub EngineSpec);
+
+#[typetag::serde(name = "llama_server")]
+impl VerifierSpec for LlamaServerSpec {
+    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Verifier>> {
+        self.0
+            .verifier(|client, _| llama_server::LlamaServer::new(client))
+    }
+}
+
+#[typetag::serde(name = "vllm")]
+impl VerifierSpec for VllmSpec {
+    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Verifier>> {
+        self.0.verifier(vllm::Vllm::new)
+    }
+}
+
+#[typetag::serde(name = "sglang")]
+impl VerifierSpec for SglangSpec {
+    fn build(&self, _ctx: &BuildContext) -> Result<Box<dyn Verifier>> {
+        self.0.verifier(|client, _| sglang::Sglang::new(client))
+    }
+}

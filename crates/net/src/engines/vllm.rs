@@ -1,0 +1,214 @@
+//! vLLM's OpenAI-compatible server: `POST /v1/completions`, `GET /v1/models`,
+//! `POST /tokenize`.
+//!
+//! One request scores every drafted position: the sequence as token ids, `max_tokens = 1`,
+//! `prompt_logprobs = -1` (every prompt position, the whole vocabulary, keyed by token id)
+//! and `logprobs = -1` for the position after the last token, with
+//! `return_tokens_as_token_ids` so that those are keyed `token_id:N` rather than by text.
+//! vLLM reports log-probabilities before temperature by default (`raw_logprobs`); keep it so.
+//! Asking for prompt log-probabilities makes vLLM skip its prefix cache for the request.
+//!
+//! ```sh
+//! vllm serve Qwen/Qwen2.5-Coder-1.5B-Instruct --max-logprobs -1 --port 8000
+//! ```
+
+use std::collections::HashMap;
+
+use hlm_core::{HlmError, Result, TokenId};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http::HttpClient;
+use super::{Engine, EngineInfo, Scored, SparseRow};
+
+/// A vLLM server.
+pub struct Vllm {
+    http: HttpClient,
+    /// The served model's name, sent with each request (vLLM may serve several).
+    model: Option<String>,
+}
+
+impl Vllm {
+    /// The engine behind `http`; `model` names the served model (the first listed if none).
+    pub fn new(http: HttpClient, model: Option<String>) -> Self {
+        Vllm { http, model }
+    }
+}
+
+#[derive(Deserialize)]
+struct Models {
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+struct ModelEntry {
+    id: String,
+    #[serde(default)]
+    max_model_len: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct Tokenized {
+    tokens: Vec<TokenId>,
+}
+
+#[derive(Deserialize)]
+struct Completions {
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    /// One entry per prompt position: `null` for the first, else token id → log-probability.
+    prompt_logprobs: Option<Vec<Option<HashMap<String, PromptLogprob>>>>,
+    logprobs: Option<ChoiceLogprobs>,
+}
+
+#[derive(Deserialize)]
+struct PromptLogprob {
+    logprob: f32,
+}
+
+#[derive(Deserialize)]
+struct ChoiceLogprobs {
+    /// One map per generated token: `token_id:N` → log-probability.
+    top_logprobs: Vec<Option<HashMap<String, f32>>>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u64>,
+}
+
+/// The body of one scoring request over `tokens`.
+pub fn completions_request(model: &str, tokens: &[TokenId]) -> serde_json::Value {
+    json!({
+        "model": model,
+        "prompt": tokens,
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "prompt_logprobs": -1,
+        "logprobs": -1,
+        "return_tokens_as_token_ids": true,
+        "add_special_tokens": false,
+    })
+}
+
+/// Rows for the prefix ends `from..=n` of an `n`-token sequence from a `/v1/completions`
+/// answer.
+pub fn parse_completions(answer: serde_json::Value, n: usize, from: usize) -> Result<Scored> {
+    let c: Completions = serde_json::from_value(answer).map_err(|e| bad(e.to_string()))?;
+    scored(c, n, from)
+}
+
+fn bad(m: String) -> HlmError {
+    HlmError::Verifier(format!("vLLM's /v1/completions answer: {m}"))
+}
+
+fn scored(c: Completions, n: usize, from: usize) -> Result<Scored> {
+    let prompt_tokens = c.usage.and_then(|u| u.prompt_tokens);
+    let choice = c
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("no choice".into()))?;
+    let prompt = choice.prompt_logprobs.ok_or_else(|| {
+        bad("no prompt_logprobs (is the server older than prompt_logprobs = -1?)".into())
+    })?;
+    if prompt.len() != n {
+        return Err(bad(format!(
+            "{} prompt positions scored for {n} tokens",
+            prompt.len()
+        )));
+    }
+    let mut rows = Vec::with_capacity(n + 1 - from);
+    for (end, entry) in prompt.into_iter().enumerate().skip(from) {
+        let entry = entry.ok_or_else(|| bad(format!("position {end} has no log-probabilities")))?;
+        let row = entry
+            .into_iter()
+            .map(|(id, lp)| Ok((parse_id(&id, "").map_err(bad)?, lp.logprob)))
+            .collect::<Result<SparseRow>>()?;
+        rows.push(row);
+    }
+    let last = choice
+        .logprobs
+        .and_then(|l| l.top_logprobs.into_iter().next().flatten())
+        .ok_or_else(|| bad("no logprobs of the generated token".into()))?;
+    rows.push(
+        last.into_iter()
+            .map(|(id, lp)| Ok((parse_id(&id, "token_id:").map_err(bad)?, lp)))
+            .collect::<Result<SparseRow>>()?,
+    );
+    Ok(Scored {
+        rows,
+        computed_positions: prompt_tokens,
+        compute_s: None,
+    })
+}
+
+/// A token id written as `N` (prompt log-probabilities) or `token_id:N`.
+fn parse_id(key: &str, prefix: &str) -> std::result::Result<TokenId, String> {
+    key.strip_prefix(prefix)
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| format!("a log-probability keyed {key:?}, not {prefix}N"))
+}
+
+impl Vllm {
+    fn model_name(&mut self) -> Result<String> {
+        if let Some(m) = &self.model {
+            return Ok(m.clone());
+        }
+        let name = self.info()?.model;
+        self.model = Some(name.clone());
+        Ok(name)
+    }
+}
+
+impl Engine for Vllm {
+    fn describe(&self) -> String {
+        format!("vLLM at {}", self.http.base())
+    }
+
+    fn info(&mut self) -> Result<EngineInfo> {
+        let m: Models = self.http.get("/v1/models")?;
+        let entry = match &self.model {
+            Some(want) => m.data.into_iter().find(|e| e.id.contains(want.as_str())),
+            None => m.data.into_iter().next(),
+        };
+        let Some(entry) = entry else {
+            return Err(HlmError::Incompatible(format!(
+                "{} serves no model named like {:?}",
+                self.describe(),
+                self.model.as_deref().unwrap_or("anything")
+            )));
+        };
+        Ok(EngineInfo {
+            model: entry.id,
+            vocab_size: None,
+            max_context: entry.max_model_len,
+        })
+    }
+
+    fn tokenize(&mut self, text: &str) -> Result<Option<Vec<TokenId>>> {
+        let model = self.model_name()?;
+        let t: Tokenized = self.http.post(
+            "/tokenize",
+            &json!({ "model": model, "prompt": text, "add_special_tokens": false }),
+        )?;
+        Ok(Some(t.tokens))
+    }
+
+    fn scores_prompt(&self) -> bool {
+        true
+    }
+
+    fn score(&mut self, tokens: &[TokenId], from: usize, _vocab: usize) -> Result<Scored> {
+        let model = self.model_name()?;
+        let answer: Completions = self
+            .http
+            .post("/v1/completions", &completions_request(&model, tokens))?;
+        scored(answer, tokens.len(), from)
+    }
+}

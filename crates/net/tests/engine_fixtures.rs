@@ -1,0 +1,107 @@
+//! vLLM's and SGLang's request and answer shapes, against fixtures written from their
+//! documented schemas (`scripts/make_engine_fixtures.py`; neither engine runs without a GPU):
+//! the request hlm sends is the fixture's, the rows it reads are the fixture's, and answers
+//! that are cut short or out of line are refused by name.
+
+use std::path::PathBuf;
+
+use hlm_core::TokenId;
+use hlm_net::engines::{sglang, vllm};
+use serde_json::Value;
+
+struct Fixture {
+    from: usize,
+    request: Value,
+    response: Value,
+    rows: Vec<Vec<(TokenId, f32)>>,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture"))
+        .expect("fixture JSON");
+    Fixture {
+        from: v["from"].as_u64().unwrap() as usize,
+        request: v["request"].clone(),
+        response: v["response"].clone(),
+        rows: serde_json::from_value(v["rows"].clone()).unwrap(),
+    }
+}
+
+fn sorted(mut rows: Vec<Vec<(TokenId, f32)>>) -> Vec<Vec<(TokenId, f32)>> {
+    for r in &mut rows {
+        r.sort_by_key(|e| e.0);
+    }
+    rows
+}
+
+const TOKENS: [TokenId; 3] = [3, 1, 2];
+
+#[test]
+fn vllm_request_and_answer_follow_the_schema() {
+    let f = fixture("vllm-completions.json");
+    assert_eq!(vllm::completions_request("tiny", &TOKENS), f.request);
+    let s = vllm::parse_completions(f.response.clone(), TOKENS.len(), f.from).expect("parses");
+    assert_eq!(sorted(s.rows), f.rows);
+    assert_eq!(s.computed_positions, Some(3));
+    // From the last prefix only: just the generated token's row.
+    let s = vllm::parse_completions(f.response.clone(), TOKENS.len(), 3).expect("parses");
+    assert_eq!(sorted(s.rows), f.rows[2..]);
+
+    let refused = |edit: &dyn Fn(&mut Value)| {
+        let mut r = f.response.clone();
+        edit(&mut r);
+        vllm::parse_completions(r, TOKENS.len(), f.from)
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = refused(&|r| r["choices"][0]["prompt_logprobs"] = Value::Null);
+    assert!(e.contains("no prompt_logprobs"), "{e}");
+    let e = refused(&|r| {
+        r["choices"][0]["prompt_logprobs"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+    });
+    assert!(e.contains("2 prompt positions scored for 3 tokens"), "{e}");
+    let e = refused(&|r| {
+        let top = &mut r["choices"][0]["logprobs"]["top_logprobs"][0];
+        let v = top["token_id:0"].take();
+        top.as_object_mut().unwrap().remove("token_id:0");
+        top["a"] = v;
+    });
+    assert!(e.contains("keyed \"a\""), "{e}");
+}
+
+#[test]
+fn sglang_request_and_answer_follow_the_schema() {
+    let f = fixture("sglang-generate.json");
+    assert_eq!(sglang::generate_request(&TOKENS, f.from, 4), f.request);
+    let s = sglang::parse_generate(f.response.clone(), &TOKENS, f.from).expect("parses");
+    assert_eq!(sorted(s.rows), f.rows);
+    // 3 prompt tokens, 1 of them from the radix cache.
+    assert_eq!(s.computed_positions, Some(2));
+
+    let refused = |edit: &dyn Fn(&mut Value)| {
+        let mut r = f.response.clone();
+        edit(&mut r);
+        sglang::parse_generate(r, &TOKENS, f.from)
+            .expect_err("refused")
+            .to_string()
+    };
+    // An answer whose entries sit one position off (another convention, or another
+    // sequence) is caught by the token each entry names.
+    let e = refused(&|r| r["meta_info"]["input_token_logprobs"][1][1] = 2.into());
+    assert!(
+        e.contains("input entry 1 is on token 2, not on token 1"),
+        "{e}"
+    );
+    let e = refused(&|r| r["meta_info"]["input_top_logprobs"][2] = Value::Null);
+    assert!(e.contains("position 2 has no distribution"), "{e}");
+    let e = refused(&|r| r["meta_info"]["output_top_logprobs"] = Value::Array(vec![]));
+    assert!(e.contains("no distribution after the last token"), "{e}");
+    let e = refused(&|r| r["meta_info"]["input_top_logprobs"] = Value::Array(vec![]));
+    assert!(e.contains("0 input positions scored from 0 of 3"), "{e}");
+}

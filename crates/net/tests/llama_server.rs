@@ -1,0 +1,401 @@
+//! Verification on a real llama-server (llama.cpp built from source by
+//! `scripts/build-llama-cpp.sh`), started here on loopback on the tiny random-weight LLaMA
+//! fixture written as a GGUF (F32, with a 64-token byte-level BPE tokenizer).
+//!
+//! The binary is `$HLM_LLAMA_SERVER`, else the build script's default output. CI sets the
+//! variable, so there a missing binary fails; elsewhere these tests say they were skipped.
+
+mod support;
+
+#[path = "../../backends/tests/support/gguf_writer.rs"]
+mod gguf_writer;
+
+use std::cell::RefCell;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gguf_writer::Value;
+use hlm_core::sampling::softmax_with_temperature;
+use hlm_core::{HlmError, TargetModel, TokenId, TokenKind};
+use statrs::distribution::{ChiSquared, ContinuousCDF};
+use support::*;
+
+/// A llama-server child process, killed when dropped.
+struct LlamaServer {
+    child: Option<Child>,
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    /// The served file.
+    gguf: PathBuf,
+    /// The same weights without the tokenizer: a local verifier on it knows no end-of-text
+    /// token, as the engine verifier does not (the fixture draft model has no tokenizer), so
+    /// the two runs stop drafting at the same places.
+    plain_gguf: PathBuf,
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl LlamaServer {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HLM_LLAMA_SERVER") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "HLM_LLAMA_SERVER={} is not a file: run scripts/build-llama-cpp.sh",
+            p.display()
+        );
+        return Some(p);
+    }
+    let default = PathBuf::from("/var/tmp/hlm-llama-cpp/build/bin/llama-server");
+    if default.is_file() {
+        return Some(default);
+    }
+    eprintln!(
+        "skipped: no llama-server (build it with scripts/build-llama-cpp.sh or set \
+         HLM_LLAMA_SERVER)"
+    );
+    None
+}
+
+/// The tiny LLaMA fixture as a GGUF llama.cpp loads: F32 weights and a byte-level BPE
+/// vocabulary of 64 (control tokens, letters, a few merges, padding).
+fn write_fixture_gguf(path: &Path) {
+    let mut tokens: Vec<String> = vec![
+        "<|endoftext|>".into(),
+        "<|im_start|>".into(),
+        "<|im_end|>".into(),
+    ];
+    tokens.extend(('a'..='z').map(String::from));
+    tokens.push("Ġ".into());
+    let merges = ["h e", "l l", "he ll", "hell o", "Ġ w"];
+    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+    let n_real = tokens.len();
+    tokens.extend((n_real..64).map(|i| format!("[PAD{i}]")));
+    let mut types = vec![1i32; 64];
+    types[..3].fill(3);
+    gguf_writer::write_tiny_llama_gguf_with(&fixture("tiny-llama"), path, |b| {
+        b.kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
+            .kv("tokenizer.ggml.pre", Value::Str("qwen2".into()))
+            .kv("tokenizer.ggml.tokens", Value::StrArray(tokens))
+            .kv("tokenizer.ggml.token_type", Value::I32Array(types))
+            .kv(
+                "tokenizer.ggml.merges",
+                Value::StrArray(merges.iter().map(|m| m.to_string()).collect()),
+            )
+            .kv("tokenizer.ggml.eos_token_id", Value::U32(2))
+            .kv("tokenizer.ggml.add_bos_token", Value::Bool(false));
+    });
+}
+
+fn start() -> Option<LlamaServer> {
+    let bin = binary()?;
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let gguf = dir.path().join("tiny-llama.gguf");
+    write_fixture_gguf(&gguf);
+    let plain_gguf = dir.path().join("tiny-llama-plain.gguf");
+    gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &plain_gguf);
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let log = dir.path().join("llama-server.log");
+    let child = Command::new(&bin)
+        .args(["-m"])
+        .arg(&gguf)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        // f32 throughout, as the local verifier's exact path: an f32 KV cache (llama.cpp keeps
+        // f16 by default) and no flash attention (its CPU kernel rounds through f16).
+        .args(["-t", "1", "-c", "256", "-np", "1", "--no-webui"])
+        .args(["-ctk", "f32", "-ctv", "f32", "-fa", "off"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("llama-server starts");
+    let mut server = LlamaServer {
+        child: Some(child),
+        url: format!("http://127.0.0.1:{port}"),
+        log,
+        _dir: dir,
+        gguf,
+        plain_gguf,
+    };
+    let t0 = Instant::now();
+    loop {
+        if let Ok(r) = ureq::get(format!("{}/health", server.url)).call()
+            && r.status() == 200
+        {
+            return Some(server);
+        }
+        if let Some(Ok(Some(status))) = server.child.as_mut().map(|c| c.try_wait()) {
+            panic!(
+                "llama-server exited ({status}): {}",
+                std::fs::read_to_string(&server.log).unwrap_or_default()
+            );
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            server.kill();
+            panic!(
+                "llama-server did not become healthy in 60 s: {}",
+                std::fs::read_to_string(&server.log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn engine_verifier(url: &str, extra: &str) -> String {
+    format!("type = \"llama_server\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+/// The local verifier on the same file, in f32 (`exact`) as llama-server computes F32 weights.
+fn gguf_local_verifier(gguf: &Path) -> String {
+    format!(
+        "type = \"local\"\n[verifier.model]\ntype = \"transformer\"\nprecision = \"exact\"\nmodel = {:?}\n",
+        gguf.display().to_string()
+    )
+}
+
+const METHODS: &[(&str, &str, &str)] = &[
+    // standard HLM: every token, dense 8-bit
+    ("type = \"always\"", "type = \"dense\"\nbits = 8", ""),
+    // half the tokens skipped at random, top-8 uploads
+    (
+        "type = \"random\"\nskip_rate = 0.5",
+        "type = \"top_k\"\nk = 8\nbits = 16",
+        "",
+    ),
+    // classic speculative decoding: gamma = 3 token-only drafts and a bonus token
+    (
+        "type = \"always\"",
+        "type = \"token_only\"",
+        "[speculation]\ngamma = 3\nbonus_token = true",
+    ),
+    // split verification: x_d up, the residual down after a rejection
+    ("type = \"always\"", "type = \"split\"", ""),
+];
+
+/// The same weights verified in this process and by llama-server give the same run: every
+/// token, its kind, the verdict counts and the residual traffic, for several methods, seeds
+/// and temperatures (the temperature is applied on the device's side to llama-server's raw
+/// distribution).
+#[test]
+fn a_run_verified_by_llama_server_equals_the_local_run() {
+    let Some(server) = start() else { return };
+    let mut residuals = 0;
+    for (i, &(upload, codec, extra)) in METHODS.iter().enumerate() {
+        for (seed, temperature) in [(3u64, 1.0), (11, 0.7), (5, 0.0)] {
+            let set = vec![
+                format!("generation.seed={seed}"),
+                format!("generation.temperature={temperature}"),
+            ];
+            let local = run(
+                &config(
+                    &gguf_local_verifier(&server.plain_gguf),
+                    upload,
+                    codec,
+                    extra,
+                ),
+                &set,
+            );
+            let engine = run(
+                &config(&engine_verifier(&server.url, ""), upload, codec, extra),
+                &set,
+            );
+            let what = format!("method {i}, seed {seed}, T = {temperature}");
+            assert_eq!(local.generated_ids, engine.generated_ids, "{what}");
+            assert_eq!(local.kinds, engine.kinds, "{what}");
+            let (l, e) = (&local.stats, &engine.stats);
+            assert_eq!(
+                (
+                    l.draft_n,
+                    l.draft_n_accepted,
+                    l.uplink_bits,
+                    l.downlink_bits
+                ),
+                (
+                    e.draft_n,
+                    e.draft_n_accepted,
+                    e.uplink_bits,
+                    e.downlink_bits
+                ),
+                "{what}"
+            );
+            assert_eq!(l.residual_downloads, e.residual_downloads, "{what}");
+            assert_eq!(e.verifier_faults, 0, "{what}");
+            assert!(e.verify_calls > 0, "{what}");
+            residuals += e.residual_downloads;
+        }
+    }
+    assert!(residuals > 0, "split verification must download residuals");
+}
+
+/// At temperature 0 a lossless method gives the target's own greedy continuation: the one
+/// llama-server generates by itself for the same prompt.
+#[test]
+fn greedy_hybrid_output_is_llama_servers_own_greedy_output() {
+    let Some(server) = start() else { return };
+    let n = 16;
+    let own: serde_json::Value = ureq::post(format!("{}/completion", server.url))
+        .send_json(serde_json::json!({
+            "prompt": PROMPT, "n_predict": n, "temperature": 0.0, "ignore_eos": true,
+            "return_tokens": true, "cache_prompt": false,
+        }))
+        .expect("completion")
+        .body_mut()
+        .read_json()
+        .expect("json");
+    let own: Vec<TokenId> = serde_json::from_value(own["tokens"].clone()).expect("tokens");
+    assert_eq!(own.len(), n);
+    for &(upload, codec, extra) in METHODS {
+        let r = run(
+            &config(&engine_verifier(&server.url, ""), upload, codec, extra),
+            &["generation.temperature=0.0".into()],
+        );
+        let verified = r
+            .kinds
+            .iter()
+            .all(|k| !matches!(k, TokenKind::Unverified | TokenKind::Skipped));
+        if verified {
+            assert_eq!(r.generated_ids, own, "{upload} / {codec}");
+        } else {
+            // A skipping method keeps unverified tokens; up to the first, the target's own.
+            let first = r
+                .kinds
+                .iter()
+                .position(|k| matches!(k, TokenKind::Unverified | TokenKind::Skipped))
+                .unwrap();
+            assert_eq!(r.generated_ids[..first], own[..first], "{upload} / {codec}");
+        }
+    }
+}
+
+/// The first generated token of standard HLM at T = 1 follows the target's distribution
+/// (chi-square against the tiny model's softmax after the prompt, computed in this process).
+#[test]
+fn sampled_first_tokens_follow_the_target_distribution() {
+    let Some(server) = start() else { return };
+    let runs = 1500u64;
+    let mut t = hlm_backends::Transformer::load_with(
+        &server.gguf,
+        &hlm_backends::parse_device("cpu").expect("cpu"),
+        hlm_backends::Precision::Exact,
+    )
+    .expect("fixture gguf loads");
+    let logits = t.forward_all(PROMPT).expect("forward");
+    let law = softmax_with_temperature(logits.last().unwrap(), 1.0);
+    let text = config(
+        &engine_verifier(&server.url, ""),
+        "type = \"always\"",
+        "type = \"dense\"\nbits = 32",
+        "",
+    );
+    let mut p = pipeline(&text, &["generation.max_new_tokens=1".into()]);
+    let mut counts = vec![0u64; law.len()];
+    for seed in 0..runs {
+        p.generation.seed = seed;
+        let r = p.generate(PROMPT, &mut |_| {}).expect("run");
+        counts[r.generated_ids[0] as usize] += 1;
+    }
+    let (mut stat, mut cells, mut pooled_o, mut pooled_e) = (0.0, 0usize, 0.0, 0.0);
+    for (o, p) in counts.iter().zip(&law) {
+        let (o, e) = (*o as f64, *p as f64 * runs as f64);
+        if e < 5.0 {
+            pooled_o += o;
+            pooled_e += e;
+        } else {
+            stat += (o - e).powi(2) / e;
+            cells += 1;
+        }
+    }
+    if pooled_e > 0.0 {
+        stat += (pooled_o - pooled_e).powi(2) / pooled_e;
+        cells += 1;
+    }
+    let p_value = 1.0 - ChiSquared::new((cells - 1) as f64).unwrap().cdf(stat);
+    assert!(p_value > 1e-3, "p = {p_value} over {cells} cells");
+}
+
+/// llama-server killed mid-run: the rest of the run is kept unverified, nothing is lost, and
+/// the tokens verified before the kill are the target's.
+#[test]
+fn a_killed_llama_server_takes_the_fault_path() {
+    let Some(server) = start() else { return };
+    let text = config(
+        &engine_verifier(
+            &server.url,
+            "connect_timeout_s = 0.5\nretries = 0\nreconnect_interval_s = 0.0",
+        ),
+        "type = \"always\"",
+        "type = \"dense\"",
+        "",
+    );
+    let mut p = pipeline(
+        &text,
+        &[
+            "generation.temperature=0.0".into(),
+            "generation.max_new_tokens=20".into(),
+        ],
+    );
+    let slot = RefCell::new(Some(server));
+    let report = p
+        .generate(PROMPT, &mut |e| {
+            if e.index == 6
+                && let Some(mut s) = slot.borrow_mut().take()
+            {
+                s.kill();
+            }
+        })
+        .expect("the run goes on without its verifier");
+    assert_eq!(report.generated_ids.len(), 20);
+    assert!(report.stats.verifier_faults >= 1);
+    let first_unverified = report
+        .kinds
+        .iter()
+        .position(|k| *k == TokenKind::Unverified)
+        .expect("tokens after the kill are unverified");
+    assert!(first_unverified >= 6, "{:?}", report.kinds);
+    assert!(
+        report.kinds[first_unverified..]
+            .iter()
+            .all(|k| *k == TokenKind::Unverified),
+        "{:?}",
+        report.kinds
+    );
+}
+
+/// A model other than the one named, or a server that is not there at the first session:
+/// clear errors naming what was found.
+#[test]
+fn a_wrong_model_is_refused_by_name() {
+    let Some(server) = start() else { return };
+    let text = config(
+        &engine_verifier(&server.url, "model = \"llama-2-7b\""),
+        "type = \"always\"",
+        "type = \"dense\"",
+        "",
+    );
+    let err = pipeline(&text, &[])
+        .generate(PROMPT, &mut |_| {})
+        .expect_err("wrong model");
+    let msg = err.to_string();
+    assert!(matches!(err, HlmError::Incompatible(_)), "{msg}");
+    assert!(
+        msg.contains("tiny-llama.gguf") && msg.contains("llama-2-7b"),
+        "{msg}"
+    );
+}

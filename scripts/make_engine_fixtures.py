@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Writes crates/net/tests/fixtures/{vllm-completions,sglang-generate}.json: one scoring
+request of hlm's vLLM and SGLang verifiers and an answer in each engine's documented schema
+(vLLM: vllm/entrypoints/openai/completion/protocol.py; SGLang: GenerateReqInput and its
+meta_info), for a vocabulary of 4 and the sequence [3, 1, 2]. Neither engine runs without a
+GPU here, so the answers are written from the schemas, not recorded from a server.
+
+    python3 scripts/make_engine_fixtures.py
+"""
+import json
+import math
+import os
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "net", "tests", "fixtures")
+LP = [math.log(p) for p in (0.4, 0.3, 0.2, 0.1)]
+TOKENS = [3, 1, 2]
+
+
+def row(k):
+    """The law after the k-token prefix: the same four masses, rotated, so rows differ."""
+    return {i: LP[(i + k) % 4] for i in range(4)}
+
+
+def rank(k, v):
+    return 1 + sorted(row(k).values(), reverse=True).index(v)
+
+
+def entries(k):
+    return [[v, i, "abcd"[i]] for i, v in sorted(row(k).items(), key=lambda e: -e[1])]
+
+
+def rows():
+    return [sorted(row(k).items()) for k in (1, 2, 3)]
+
+
+vllm = {
+    "about": "vLLM /v1/completions, written from vLLM's documented schema "
+    "(CompletionRequest, CompletionResponse; prompt_logprobs as list[dict[int, Logprob] | None]; "
+    "return_tokens_as_token_ids keys top_logprobs 'token_id:N'). Vocabulary 4, prompt [3, 1, 2]: "
+    "rows after [3] and [3, 1] (prompt positions 1, 2) and after [3, 1, 2] (the generated token).",
+    "from": 1,
+    "request": {
+        "model": "tiny",
+        "prompt": TOKENS,
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "prompt_logprobs": -1,
+        "logprobs": -1,
+        "return_tokens_as_token_ids": True,
+        "add_special_tokens": False,
+    },
+    "response": {
+        "id": "cmpl-0",
+        "object": "text_completion",
+        "created": 1796300000,
+        "model": "tiny",
+        "choices": [
+            {
+                "index": 0,
+                "text": "token_id:0",
+                "finish_reason": "length",
+                "stop_reason": None,
+                "logprobs": {
+                    "text_offset": [0],
+                    "token_logprobs": [row(3)[0]],
+                    "tokens": ["token_id:0"],
+                    "top_logprobs": [{f"token_id:{i}": v for i, v in row(3).items()}],
+                },
+                "prompt_logprobs": [None]
+                + [
+                    {
+                        str(i): {"logprob": v, "rank": rank(k, v), "decoded_token": "abcd"[i]}
+                        for i, v in row(k).items()
+                    }
+                    for k in (1, 2)
+                ],
+                "prompt_token_ids": TOKENS,
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "total_tokens": 4, "completion_tokens": 1},
+    },
+    "rows": rows(),
+}
+
+sglang = {
+    "about": "SGLang /generate, written from SGLang's documented schema (GenerateReqInput: "
+    "input_ids, return_logprob, logprob_start_len, top_logprobs_num; meta_info.input_token_logprobs "
+    "/ input_top_logprobs / output_top_logprobs as [logprob, token_id, text], a null logprob on "
+    "the first input token). Vocabulary 4, input [3, 1, 2], rows from the prefix of 1.",
+    "from": 1,
+    "request": {
+        "input_ids": TOKENS,
+        "sampling_params": {"max_new_tokens": 1, "temperature": 0.0},
+        "return_logprob": True,
+        "logprob_start_len": 0,
+        "top_logprobs_num": 4,
+        "stream": False,
+    },
+    "response": {
+        "text": "a",
+        "output_ids": [0],
+        "meta_info": {
+            "id": "0",
+            "finish_reason": {"type": "length", "length": 1},
+            "prompt_tokens": 3,
+            "completion_tokens": 1,
+            "cached_tokens": 1,
+            "input_token_logprobs": [[None, 3, "d"], [row(1)[1], 1, "b"], [row(2)[2], 2, "c"]],
+            "input_top_logprobs": [None, entries(1), entries(2)],
+            "output_token_logprobs": [[row(3)[0], 0, "a"]],
+            "output_top_logprobs": [entries(3)],
+            "e2e_latency": 0.01,
+        },
+    },
+    "rows": rows(),
+}
+
+for name, doc in [("vllm-completions.json", vllm), ("sglang-generate.json", sglang)]:
+    with open(os.path.join(OUT, name), "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
