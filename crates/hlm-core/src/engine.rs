@@ -854,6 +854,18 @@ impl<'p, 'c> Run<'p, 'c> {
                 }
                 Verdict::Resampled(t) => {
                     self.stats.resamples += 1;
+                    match outcome.approx_residual_mass {
+                        Some(m) => {
+                            self.stats.residual_approx += 1;
+                            let m = f64::from(m);
+                            self.stats.residual_max_missing_mass =
+                                self.stats.residual_max_missing_mass.max(m);
+                            // A replacement from a residual whose tail mass m was guessed
+                            // strays from the exact one by at most 2m in total variation.
+                            self.stats.residual_tv_bound += 2.0 * m;
+                        }
+                        None => self.stats.residual_exact += 1,
+                    }
                     self.stats.record_position(uploaded_k, false);
                     correction = Some((t, TokenKind::Resampled, false));
                 }

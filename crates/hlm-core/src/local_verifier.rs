@@ -168,6 +168,7 @@ impl LocalVerifier {
             server_tokens: fed_len as u64,
             compute_s: 0.0,
             target_probs,
+            approx_residual_mass: None,
         })
     }
 }

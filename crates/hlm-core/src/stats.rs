@@ -94,6 +94,17 @@ pub struct RunStats {
     pub residual_tv_bound: f64,
     /// Rejected drafts replaced by the verifier.
     pub resamples: u64,
+    /// Replacements the verifier drew from the exact residual norm(max(0, y − x)) ...
+    #[serde(default)]
+    pub residual_exact: u64,
+    /// ... and from one approximated from the top of y (a serving engine asked for small
+    /// answers, `distribution = "sampled"`, after its exact draws failed); each adds twice
+    /// its missing mass to `residual_tv_bound`.
+    #[serde(default)]
+    pub residual_approx: u64,
+    /// The largest probability mass an approximated residual did not know.
+    #[serde(default)]
+    pub residual_max_missing_mass: f64,
     /// Bonus tokens drawn from the target.
     pub bonus_tokens: u64,
     /// Verification rounds (target model passes after the prefill).
@@ -260,6 +271,15 @@ impl RunStats {
                 self.discarded_drafts,
                 self.residual_downloads,
                 self.residual_bits,
+                self.residual_tv_bound
+            );
+        }
+        if self.residual_approx > 0 {
+            s += &format!(
+                "residual   exact {}  approximated {} (top of y only; missing mass at most {:.3e}, TV bound {:.3e})\n",
+                self.residual_exact,
+                self.residual_approx,
+                self.residual_max_missing_mass,
                 self.residual_tv_bound
             );
         }

@@ -75,6 +75,10 @@ pub struct VerifyOutcome {
     /// The target's probability y_d of each judged draft token, in draft order (may be empty
     /// or shorter than the drafts: only drafts the verifier judged have one).
     pub target_probs: Vec<Option<f32>>,
+    /// When the final [`Verdict::Resampled`] was drawn from an approximated residual (a
+    /// serving engine that reported only the top of the distribution): the probability mass
+    /// it did not report. `None`: exact.
+    pub approx_residual_mass: Option<f32>,
 }
 
 /// The large model's side: verifies drafts by speculative sampling, keeps its own KV state and

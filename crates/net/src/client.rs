@@ -540,6 +540,8 @@ impl Verifier for RemoteVerifier {
                         server_tokens,
                         compute_s,
                         target_probs,
+                        // hlm serve always draws from the whole distribution.
+                        approx_residual_mass: None,
                     };
                     check_answer(&outcome, request, vocab).map(|()| outcome)
                 });

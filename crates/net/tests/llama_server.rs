@@ -158,6 +158,31 @@ fn start() -> Option<LlamaServer> {
     }
 }
 
+/// llama-server's own greedy continuation of the prompt.
+fn own_greedy(server: &LlamaServer, n: usize) -> Vec<TokenId> {
+    let own: serde_json::Value = ureq::post(format!("{}/completion", server.url))
+        .send_json(serde_json::json!({
+            "prompt": PROMPT, "n_predict": n, "temperature": 0.0, "ignore_eos": true,
+            "return_tokens": true, "cache_prompt": false,
+        }))
+        .expect("completion")
+        .body_mut()
+        .read_json()
+        .expect("json");
+    let own: Vec<TokenId> = serde_json::from_value(own["tokens"].clone()).expect("tokens");
+    assert_eq!(own.len(), n);
+    own
+}
+
+/// `text` with the tiny Qwen2 fixture as the draft model: other weights than the target's,
+/// so that drafts are rejected often (the statistical tests need rejections).
+fn qwen2_draft(text: String) -> String {
+    let llama = format!("{:?}", fixture("tiny-llama").display().to_string());
+    let qwen2 = format!("{:?}", fixture("tiny-qwen2").display().to_string());
+    assert!(text.contains(&llama));
+    text.replacen(&llama, &qwen2, 1)
+}
+
 fn engine_verifier(url: &str, extra: &str) -> String {
     format!("type = \"llama_server\"\nurl = \"{url}\"\n{extra}\n")
 }
@@ -249,18 +274,7 @@ fn a_run_verified_by_llama_server_equals_the_local_run() {
 #[test]
 fn greedy_hybrid_output_is_llama_servers_own_greedy_output() {
     let Some(server) = start() else { return };
-    let n = 16;
-    let own: serde_json::Value = ureq::post(format!("{}/completion", server.url))
-        .send_json(serde_json::json!({
-            "prompt": PROMPT, "n_predict": n, "temperature": 0.0, "ignore_eos": true,
-            "return_tokens": true, "cache_prompt": false,
-        }))
-        .expect("completion")
-        .body_mut()
-        .read_json()
-        .expect("json");
-    let own: Vec<TokenId> = serde_json::from_value(own["tokens"].clone()).expect("tokens");
-    assert_eq!(own.len(), n);
+    let own = own_greedy(&server, 16);
     for &(upload, codec, extra) in METHODS {
         let r = run(
             &config(&engine_verifier(&server.url, ""), upload, codec, extra),
@@ -284,12 +298,9 @@ fn greedy_hybrid_output_is_llama_servers_own_greedy_output() {
     }
 }
 
-/// The first generated token of standard HLM at T = 1 follows the target's distribution
-/// (chi-square against the tiny model's softmax after the prompt, computed in this process).
-#[test]
-fn sampled_first_tokens_follow_the_target_distribution() {
-    let Some(server) = start() else { return };
-    let runs = 1500u64;
+/// The p-value of the first generated tokens of `runs` seeds of `text` against the tiny
+/// model's own softmax after the prompt (computed in this process, exact arithmetic).
+fn first_token_p_value(server: &LlamaServer, text: &str, runs: u64) -> (f64, hlm_core::RunStats) {
     let mut t = hlm_backends::Transformer::load_with(
         &server.gguf,
         &hlm_backends::parse_device("cpu").expect("cpu"),
@@ -298,18 +309,19 @@ fn sampled_first_tokens_follow_the_target_distribution() {
     .expect("fixture gguf loads");
     let logits = t.forward_all(PROMPT).expect("forward");
     let law = softmax_with_temperature(logits.last().unwrap(), 1.0);
-    let text = config(
-        &engine_verifier(&server.url, ""),
-        "type = \"always\"",
-        "type = \"dense\"\nbits = 32",
-        "",
-    );
-    let mut p = pipeline(&text, &["generation.max_new_tokens=1".into()]);
+    let mut p = pipeline(text, &["generation.max_new_tokens=1".into()]);
     let mut counts = vec![0u64; law.len()];
+    let mut stats = hlm_core::RunStats::default();
     for seed in 0..runs {
         p.generation.seed = seed;
         let r = p.generate(PROMPT, &mut |_| {}).expect("run");
         counts[r.generated_ids[0] as usize] += 1;
+        stats.resamples += r.stats.resamples;
+        stats.residual_exact += r.stats.residual_exact;
+        stats.residual_approx += r.stats.residual_approx;
+        stats.residual_max_missing_mass = stats
+            .residual_max_missing_mass
+            .max(r.stats.residual_max_missing_mass);
     }
     let (mut stat, mut cells, mut pooled_o, mut pooled_e) = (0.0, 0usize, 0.0, 0.0);
     for (o, p) in counts.iter().zip(&law) {
@@ -327,7 +339,154 @@ fn sampled_first_tokens_follow_the_target_distribution() {
         cells += 1;
     }
     let p_value = 1.0 - ChiSquared::new((cells - 1) as f64).unwrap().cdf(stat);
-    assert!(p_value > 1e-3, "p = {p_value} over {cells} cells");
+    (p_value, stats)
+}
+
+/// The first generated token of standard HLM at T = 1 follows the target's distribution.
+#[test]
+fn sampled_first_tokens_follow_the_target_distribution() {
+    let Some(server) = start() else { return };
+    let text = qwen2_draft(config(
+        &engine_verifier(&server.url, ""),
+        "type = \"always\"",
+        "type = \"dense\"\nbits = 32",
+        "",
+    ));
+    let (p, st) = first_token_p_value(&server, &text, 1500);
+    assert!(p > 1e-3, "p = {p}");
+    assert!(
+        st.resamples > 100,
+        "the case must exercise rejections: {st:?}"
+    );
+}
+
+/// `distribution = "sampled"` (the drafted token's probability, engine draws for the
+/// residual, engine-drawn bonus tokens) is lossless too: dense uploads and token-only
+/// speculative drafts; and with no engine draws at all, the fallback residual from the top
+/// 64 (here the whole vocabulary, so nothing is missing) is exact as well.
+#[test]
+fn sampled_distribution_mode_is_lossless() {
+    let Some(server) = start() else { return };
+    for (codec, extra, verifier_extra) in [
+        ("type = \"dense\"\nbits = 32", "", ""),
+        (
+            "type = \"token_only\"",
+            "[speculation]\ngamma = 3\nbonus_token = true",
+            "",
+        ),
+        ("type = \"dense\"\nbits = 32", "", "residual_tries = 0"),
+    ] {
+        let v = engine_verifier(
+            &server.url,
+            &format!("distribution = \"sampled\"\n{verifier_extra}"),
+        );
+        let text = qwen2_draft(config(&v, "type = \"always\"", codec, extra));
+        let (p, st) = first_token_p_value(&server, &text, 1500);
+        let what = format!("{codec} {extra} {verifier_extra}");
+        assert!(p > 1e-3, "{what}: p = {p}");
+        assert!(st.resamples > 100, "{what}: {st:?}");
+        if verifier_extra.is_empty() {
+            assert_eq!(st.residual_approx, 0, "{what}: {st:?}");
+            assert_eq!(st.residual_exact, st.resamples, "{what}");
+        } else {
+            assert_eq!(st.residual_approx, st.resamples, "{what}: {st:?}");
+            assert!(st.residual_max_missing_mass < 1e-3, "{what}: {st:?}");
+        }
+    }
+}
+
+/// A fallback that knows only the top 8 of 64 records what it did not know, and the run
+/// goes on; temperatures other than 0 and 1 and split verification are refused by name; at
+/// T = 0 the output is llama-server's own greedy output.
+#[test]
+fn sampled_distribution_mode_records_and_refuses() {
+    let Some(server) = start() else { return };
+    let v = engine_verifier(
+        &server.url,
+        "distribution = \"sampled\"\nresidual_tries = 0\nfallback_top_k = 8",
+    );
+    let text = qwen2_draft(config(
+        &v,
+        "type = \"always\"",
+        "type = \"dense\"\nbits = 32",
+        "",
+    ));
+    let r = run(&text, &[]);
+    assert!(r.stats.residual_approx > 0, "{:?}", r.stats);
+    assert!(r.stats.residual_max_missing_mass > 0.01, "{:?}", r.stats);
+    assert!(r.stats.residual_tv_bound >= 2.0 * r.stats.residual_max_missing_mass);
+
+    let v = engine_verifier(&server.url, "distribution = \"sampled\"");
+    let warm = config(&v, "type = \"always\"", "type = \"dense\"", "");
+    let e = pipeline(&warm, &["generation.temperature=0.7".into()])
+        .generate(PROMPT, &mut |_| {})
+        .expect_err("T = 0.7")
+        .to_string();
+    assert!(e.contains("temperature 0 or 1, not 0.7"), "{e}");
+    let split = config(&v, "type = \"always\"", "type = \"split\"", "");
+    let e = pipeline(&split, &[])
+        .generate(PROMPT, &mut |_| {})
+        .expect_err("split")
+        .to_string();
+    assert!(e.contains("split verification"), "{e}");
+
+    let own = own_greedy(&server, 16);
+    for (codec, extra) in [
+        ("type = \"dense\"", ""),
+        (
+            "type = \"token_only\"",
+            "[speculation]\ngamma = 3\nbonus_token = true",
+        ),
+    ] {
+        let r = run(
+            &qwen2_draft(config(&v, "type = \"always\"", codec, extra)),
+            &["generation.temperature=0.0".into()],
+        );
+        assert_eq!(r.generated_ids, own, "{codec}");
+        assert!(r.stats.resamples > 0, "{codec}: {:?}", r.stats);
+    }
+}
+
+/// llama-server's report of a token forced by `logit_bias` is its raw probability, as in the
+/// whole distribution (what the sampled mode's acceptance test relies on).
+#[test]
+fn a_forced_tokens_reported_probability_is_its_raw_probability() {
+    use hlm_net::engines::{PointQuery, llama_server};
+    let Some(server) = start() else { return };
+    let post = |body: serde_json::Value| -> serde_json::Value {
+        ureq::post(format!("{}/completion", server.url))
+            .send_json(body)
+            .expect("completion")
+            .body_mut()
+            .read_json()
+            .expect("json")
+    };
+    let full = post(llama_server::completion_request(PROMPT, 64));
+    let full: Vec<(u32, f64)> = full["completion_probabilities"][0]["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_u64().unwrap() as u32,
+                e["logprob"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    for &(id, lp) in full.iter().rev().take(5) {
+        let forced = post(llama_server::point_request(
+            PROMPT,
+            PointQuery::Token(id),
+            1,
+        ));
+        let got = &forced["completion_probabilities"][0];
+        assert_eq!(got["id"].as_u64(), Some(u64::from(id)));
+        let got = got["logprob"].as_f64().unwrap();
+        assert!(
+            (got - lp).abs() < 1e-4,
+            "token {id}: {got} forced, {lp} in the row"
+        );
+    }
 }
 
 /// llama-server killed mid-run: the rest of the run is kept unverified, nothing is lost, and

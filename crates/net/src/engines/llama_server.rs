@@ -5,6 +5,9 @@
 //! `n_probs` path is a softmax of the raw logits over the whole vocabulary, before any
 //! sampler or temperature), `cache_prompt` so the shared prefix is served from the slot's
 //! KV cache. A token-array prompt gets no BOS added, so the device decides the sequence.
+//! For `distribution = "sampled"` the same endpoint answers single questions
+//! ([`point_request`]): a token forced by `logit_bias` (its reported probability is the raw
+//! one), a seeded draw at temperature 1 with no truncating sampler, or the greedy choice.
 //!
 //! ```sh
 //! llama-server -m qwen2.5-coder-1.5b-instruct-q4_k_m.gguf --host 127.0.0.1 --port 8080 -c 4096
@@ -15,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::HttpClient;
-use super::{Engine, EngineInfo, Scored, SparseRow};
+use super::{Engine, EngineInfo, Point, PointQuery, Scored, SparseRow};
 
 /// A llama-server.
 pub struct LlamaServer {
@@ -61,6 +64,9 @@ struct Completion {
 
 #[derive(Deserialize)]
 struct Probabilities {
+    /// The generated token and its log-probability (from the raw softmax, as the top ones).
+    id: TokenId,
+    logprob: f32,
     top_logprobs: Vec<TopLogprob>,
 }
 
@@ -89,6 +95,39 @@ pub fn completion_request(prefix: &[TokenId], vocab: usize) -> serde_json::Value
         "cache_prompt": true,
         "stream": false,
     })
+}
+
+/// A bias that makes the sampler pick a token whatever the logits: llama-server reports the
+/// picked token's probability from the raw logits, before the bias (checked by the test
+/// against the whole distribution).
+const FORCE_BIAS: f64 = 1e4;
+
+/// The body of a [`PointQuery`] after `prefix`, with the `top` most likely tokens.
+pub fn point_request(prefix: &[TokenId], query: PointQuery, top: usize) -> serde_json::Value {
+    let mut body = json!({
+        "prompt": prefix,
+        "n_predict": 1,
+        // At least 1: without n_probs there are no probabilities in the answer at all.
+        "n_probs": top.max(1),
+        "temperature": 0.0,
+        "cache_prompt": true,
+        "stream": false,
+    });
+    match query {
+        PointQuery::Greedy => {}
+        PointQuery::Token(t) => body["logit_bias"] = json!([[t, FORCE_BIAS]]),
+        PointQuery::Sample(seed) => {
+            // A draw from the raw distribution: temperature 1 and no truncating sampler.
+            body["temperature"] = json!(1.0);
+            body["samplers"] = json!(["temperature"]);
+            body["top_k"] = json!(0);
+            body["top_p"] = json!(1.0);
+            body["min_p"] = json!(0.0);
+            // llama.cpp's seeds are 32-bit; u32::MAX means "random".
+            body["seed"] = json!(seed % u64::from(u32::MAX));
+        }
+    }
+    body
 }
 
 /// The next-token row of a `/completion` answer, with what it cost.
@@ -143,6 +182,42 @@ impl Engine for LlamaServer {
 
     fn scores_prompt(&self) -> bool {
         false
+    }
+
+    fn answers_points(&self) -> bool {
+        true
+    }
+
+    fn point(&mut self, prefix: &[TokenId], query: PointQuery, top: usize) -> Result<Point> {
+        let c: Completion = self
+            .http
+            .post("/completion", &point_request(prefix, query, top))?;
+        let timings = c.timings;
+        let first = c
+            .completion_probabilities
+            .into_iter()
+            .next()
+            .ok_or_else(|| HlmError::Verifier("llama-server returned no probabilities".into()))?;
+        if let PointQuery::Token(t) = query
+            && first.id != t
+        {
+            return Err(HlmError::Verifier(format!(
+                "llama-server generated token {} where logit_bias forced {t}",
+                first.id
+            )));
+        }
+        Ok(Point {
+            token: first.id,
+            logprob: first.logprob,
+            top: first
+                .top_logprobs
+                .into_iter()
+                .map(|t| (t.id, t.logprob))
+                .collect(),
+            computed_positions: timings.as_ref().and_then(|t| t.prompt_n),
+            compute_s: timings
+                .and_then(|t| Some((t.prompt_ms? + t.predicted_ms.unwrap_or(0.0)) / 1e3)),
+        })
     }
 
     fn score(&mut self, tokens: &[TokenId], from: usize, vocab: usize) -> Result<Scored> {

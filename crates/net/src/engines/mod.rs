@@ -1,13 +1,14 @@
 //! Verification on the serving engines where large models already run: llama.cpp's
 //! `llama-server`, vLLM and SGLang.
 //!
-//! Every engine here is asked for the same thing, the target's next-token distribution after
-//! a prefix, over the whole vocabulary and before temperature; the device's side
-//! ([`EngineVerifier`]) judges the drafts against it with the same [`hlm_core::DraftJudge`]
-//! as the in-process verifier, draws from the same random stream and computes the residual
-//! itself. With the whole distribution nothing is approximated: a run verified by an engine
-//! equals a local run on the same weights token for token, as far as the two compute the
-//! same logits.
+//! By default ([`Distribution::Full`]) every engine is asked for the same thing, the target's
+//! next-token distribution after a prefix, over the whole vocabulary and before temperature;
+//! the device's side ([`EngineVerifier`]) judges the drafts against it with the same
+//! [`hlm_core::DraftJudge`] as the in-process verifier, draws from the same random stream and
+//! computes the residual itself. Nothing is approximated: a run verified by an engine equals
+//! a local run on the same weights token for token, as far as the two compute the same
+//! logits. [`Distribution::Sampled`] (llama-server) asks for small answers instead: the
+//! drafted token's exact probability and tokens drawn by the engine (`sampled.rs`).
 //!
 //! - [`http`]: the one HTTP client (timeouts, retries, faults versus refusals);
 //! - [`llama_server`]: `POST /completion` with `n_probs` = the vocabulary, one request per
@@ -26,6 +27,7 @@
 
 pub mod http;
 pub mod llama_server;
+mod sampled;
 pub mod sglang;
 mod verifier;
 pub mod vllm;
@@ -60,6 +62,33 @@ pub struct Scored {
     pub compute_s: Option<f64>,
 }
 
+/// A question about one position, for [`Distribution::Sampled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointQuery {
+    /// This token's exact log-probability.
+    Token(TokenId),
+    /// A token drawn from the raw distribution (temperature 1, no truncation), the engine's
+    /// sampler seeded with this.
+    Sample(u64),
+    /// The most likely token.
+    Greedy,
+}
+
+/// An engine's answer to a [`PointQuery`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Point {
+    /// The token asked about, drawn or chosen.
+    pub token: TokenId,
+    /// Its log-probability, before temperature.
+    pub logprob: f32,
+    /// The most likely tokens with theirs, as many as were asked for.
+    pub top: SparseRow,
+    /// Positions the engine computed (past its cache), when it says.
+    pub computed_positions: Option<u64>,
+    /// Seconds the engine spent, when it says.
+    pub compute_s: Option<f64>,
+}
+
 /// One serving engine's request and response shapes.
 pub trait Engine: Send {
     /// The engine's name and address, for messages (`llama-server at http://...`).
@@ -74,6 +103,37 @@ pub trait Engine: Send {
     /// The whole next-token distribution after `tokens[..end]`, for each `end` in
     /// `from..=tokens.len()` (`from ≥ 1`), before temperature.
     fn score(&mut self, tokens: &[TokenId], from: usize, vocab: usize) -> Result<Scored>;
+    /// Whether [`Engine::point`] is answered (for [`Distribution::Sampled`]).
+    fn answers_points(&self) -> bool {
+        false
+    }
+    /// One question about the position after `prefix`, with the `top` most likely tokens.
+    fn point(&mut self, prefix: &[TokenId], query: PointQuery, top: usize) -> Result<Point> {
+        let _ = (prefix, query, top);
+        Err(hlm_core::HlmError::Verifier(format!(
+            "{} cannot answer for single tokens: use verifier.distribution = \"full\"",
+            self.describe()
+        )))
+    }
+}
+
+/// What the verifier asks an engine for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    /// The whole next-token distribution of every drafted position: exact for every method
+    /// and temperature; answers as large as the vocabulary (14 MB of llama-server's JSON per
+    /// position for a 150k vocabulary).
+    #[default]
+    Full,
+    /// Small answers (llama-server; temperature 0 or 1): the drafted token's own exact
+    /// probability for the acceptance test; after a rejection, tokens drawn by the engine
+    /// and kept with probability max(0, 1 − x_t / y_t), which follow norm(max(0, y − x))
+    /// exactly, for up to `residual_tries` draws, else a residual from the top
+    /// `fallback_top_k` with the missing mass filled in the draft's shape (counted in
+    /// `residual_approx`, its mass in `residual_max_missing_mass`); bonus tokens drawn by the
+    /// engine. Not for split verification, which needs the whole distribution.
+    Sampled,
 }
 
 /// The config every engine verifier shares (`[verifier] type = "llama_server"`, `"vllm"` or
@@ -104,10 +164,31 @@ pub struct EngineSpec {
     #[serde(default = "default_reconnect_interval")]
     pub reconnect_interval_s: f64,
     /// The largest answer accepted (MiB): a whole-vocabulary row of a 150k vocabulary is
-    /// about 12 MB of llama-server's JSON.
+    /// about 14 MB of llama-server's JSON.
     #[serde(default = "default_max_response_mb")]
     pub max_response_mb: u64,
+    /// `"full"` (default) or `"sampled"`: see [`Distribution`].
+    #[serde(default)]
+    pub distribution: Distribution,
+    /// With `distribution = "sampled"`: engine draws per rejection before the top-k
+    /// fallback.
+    #[serde(default = "default_residual_tries")]
+    pub residual_tries: u32,
+    /// With `distribution = "sampled"`: tokens of the fallback residual's known part.
+    #[serde(default = "default_fallback_top_k")]
+    pub fallback_top_k: usize,
 }
+
+fn default_residual_tries() -> u32 {
+    16
+}
+fn default_fallback_top_k() -> usize {
+    64
+}
+
+/// The most `residual_tries` and `fallback_top_k`.
+const MAX_RESIDUAL_TRIES: u32 = 1000;
+const MAX_FALLBACK_TOP_K: usize = 1 << 20;
 
 fn default_connect_timeout() -> f64 {
     5.0
@@ -143,6 +224,9 @@ impl EngineSpec {
             retry_delay_s: default_retry_delay(),
             reconnect_interval_s: default_reconnect_interval(),
             max_response_mb: default_max_response_mb(),
+            distribution: Distribution::Full,
+            residual_tries: default_residual_tries(),
+            fallback_top_k: default_fallback_top_k(),
         }
     }
 
@@ -164,6 +248,20 @@ impl EngineSpec {
                 format!("must be 1 to {MAX_RESPONSE_MB}"),
             ));
         }
+        if self.residual_tries > MAX_RESIDUAL_TRIES {
+            return Err(hlm_core::HlmError::invalid(
+                "verifier.residual_tries",
+                self.residual_tries,
+                format!("must be at most {MAX_RESIDUAL_TRIES}"),
+            ));
+        }
+        if !(1..=MAX_FALLBACK_TOP_K).contains(&self.fallback_top_k) {
+            return Err(hlm_core::HlmError::invalid(
+                "verifier.fallback_top_k",
+                self.fallback_top_k,
+                format!("must be 1 to {MAX_FALLBACK_TOP_K}"),
+            ));
+        }
         Ok(())
     }
 
@@ -174,9 +272,24 @@ impl EngineSpec {
     ) -> Result<Box<dyn Verifier>> {
         self.validate()?;
         let client = http::HttpClient::new(self)?;
+        let engine = engine(client, self.model.clone());
+        if self.distribution == Distribution::Sampled && !engine.answers_points() {
+            return Err(hlm_core::HlmError::invalid(
+                "verifier.distribution",
+                "sampled",
+                format!(
+                    "{} answers whole distributions only: use \"full\"",
+                    engine.describe()
+                ),
+            ));
+        }
+        let sampled = (self.distribution == Distribution::Sampled).then_some(
+            sampled::SampledJudge::new(self.residual_tries, self.fallback_top_k),
+        );
         Ok(Box::new(EngineVerifier::new(
-            engine(client, self.model.clone()),
+            engine,
             self.model.clone(),
+            sampled,
         )))
     }
 }

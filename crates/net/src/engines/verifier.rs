@@ -15,6 +15,7 @@ use hlm_core::{
     TextTokenizer, TokenId, Verifier, VerifyOutcome, VerifyRequest,
 };
 
+use super::sampled::SampledJudge;
 use super::{Engine, EngineInfo, Scored, SparseRow};
 
 /// The text whose tokens must be the same on both sides (letters, digits, spaces, code and a
@@ -29,6 +30,8 @@ pub struct EngineVerifier<E: Engine> {
     engine: E,
     expect_model: Option<String>,
     judge: DraftJudge,
+    /// With `distribution = "sampled"`: the judge of small answers, used instead of `judge`.
+    sampled: Option<SampledJudge>,
     /// The engine's model, once it answered and passed the checks.
     info: Option<(EngineInfo, usize)>,
     /// The device's tokenizer, to compare with the engine's at the first session.
@@ -39,21 +42,29 @@ pub struct EngineVerifier<E: Engine> {
 
 impl<E: Engine> EngineVerifier<E> {
     /// A verifier on `engine` with exact speculative sampling; `expect_model` must be part of
-    /// the engine's model name when given.
-    pub fn new(engine: E, expect_model: Option<String>) -> Self {
-        Self::with_rule(engine, expect_model, Arc::new(SpeculativeSampling {}))
+    /// the engine's model name when given; `sampled` judges from small answers instead of
+    /// whole distributions.
+    pub fn new(engine: E, expect_model: Option<String>, sampled: Option<SampledJudge>) -> Self {
+        Self::with_rule(
+            engine,
+            expect_model,
+            Arc::new(SpeculativeSampling {}),
+            sampled,
+        )
     }
 
-    /// As [`EngineVerifier::new`] with another acceptance rule.
+    /// As [`EngineVerifier::new`] with another acceptance rule (for whole distributions).
     pub fn with_rule(
         engine: E,
         expect_model: Option<String>,
         rule: Arc<dyn AcceptanceRule>,
+        sampled: Option<SampledJudge>,
     ) -> Self {
         EngineVerifier {
             engine,
             expect_model,
             judge: DraftJudge::new(rule),
+            sampled,
             info: None,
             device_tokenizer: None,
             history: Vec::new(),
@@ -186,6 +197,9 @@ impl<E: Engine> Verifier for EngineVerifier<E> {
         }
         let vocab = self.checked_info(params.draft_vocab_size)?;
         self.judge.begin(params, vocab)?;
+        if let Some(s) = self.sampled.as_mut() {
+            s.begin(params)?;
+        }
         self.history = prompt.to_vec();
         Ok(())
     }
@@ -215,19 +229,34 @@ impl<E: Engine> Verifier for EngineVerifier<E> {
         if base == 0 {
             return Err(HlmError::Verifier("nothing to condition on".into()));
         }
-        let (judged, computed, engine_s) = self.rows_for(&seq, base, req, vocab)?;
+        let (outcome, rejected_at) = if let Some(s) = self.sampled.as_mut() {
+            let j = s.judge(&mut self.engine, &seq, base, req, vocab)?;
+            let outcome = VerifyOutcome {
+                verdicts: j.verdicts,
+                residual: None,
+                server_tokens: j.computed,
+                compute_s: j.engine_s.unwrap_or_else(|| t0.elapsed().as_secs_f64()),
+                target_probs: j.target_probs,
+                approx_residual_mass: j.approx_mass,
+            };
+            (outcome, j.rejected_at)
+        } else {
+            let (judged, computed, engine_s) = self.rows_for(&seq, base, req, vocab)?;
+            let outcome = VerifyOutcome {
+                verdicts: judged.verdicts,
+                residual: judged.residual,
+                server_tokens: computed,
+                compute_s: engine_s.unwrap_or_else(|| t0.elapsed().as_secs_f64()),
+                target_probs: judged.target_probs,
+                approx_residual_mass: None,
+            };
+            (outcome, judged.rejected_at)
+        };
         // What the engine has now verified: up to the rejected draft, else everything (a
         // replacement or bonus token comes back as context of the next request).
-        let kept = judged.rejected_at.map_or(seq.len(), |i| base + i);
-        seq.truncate(kept);
+        seq.truncate(rejected_at.map_or(seq.len(), |i| base + i));
         self.history = seq;
-        Ok(VerifyOutcome {
-            verdicts: judged.verdicts,
-            residual: judged.residual,
-            server_tokens: computed,
-            compute_s: engine_s.unwrap_or_else(|| t0.elapsed().as_secs_f64()),
-            target_probs: judged.target_probs,
-        })
+        Ok(outcome)
     }
 
     fn tokenizer(&self) -> Option<Arc<dyn TextTokenizer>> {
