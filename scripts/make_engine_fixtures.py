@@ -115,7 +115,30 @@ sglang = {
     "rows": rows(),
 }
 
-for name, doc in [("vllm-completions.json", vllm), ("sglang-generate.json", sglang)]:
+# The same from the prefix of 2 (logprob_start_len 1): SGLang pads the first input entry
+# with a null log-probability whatever the start, so rows begin at its second entry.
+sglang_from_2 = {
+    "about": "As sglang-generate.json, rows from the prefix of 2 (logprob_start_len = 1).",
+    "from": 2,
+    "request": dict(sglang["request"], logprob_start_len=1),
+    "response": {
+        "text": "a",
+        "output_ids": [0],
+        "meta_info": dict(
+            sglang["response"]["meta_info"],
+            cached_tokens=2,
+            input_token_logprobs=[[None, 1, "b"], [row(2)[2], 2, "c"]],
+            input_top_logprobs=[None, entries(2)],
+        ),
+    },
+    "rows": rows()[1:],
+}
+
+for name, doc in [
+    ("vllm-completions.json", vllm),
+    ("sglang-generate.json", sglang),
+    ("sglang-generate-from-2.json", sglang_from_2),
+]:
     with open(os.path.join(OUT, name), "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")

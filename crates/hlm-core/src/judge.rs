@@ -67,7 +67,24 @@ impl DraftJudge {
     /// every draft (asked for only when a bonus token is drawn); it is called in order, only
     /// for the positions the verdicts need, so a source that computes rows lazily stops at
     /// the first rejection.
+    ///
+    /// On an error (a row that could not be had) the random stream is as it was before, so a
+    /// request that failed and is sent again later draws the same numbers.
     pub fn judge(
+        &mut self,
+        req: &VerifyRequest,
+        vocab: usize,
+        row: impl FnMut(usize) -> Result<Vec<f32>>,
+    ) -> Result<Judged> {
+        let saved = self.rng.clone();
+        let judged = self.judge_once(req, vocab, row);
+        if judged.is_err() {
+            self.rng = saved;
+        }
+        judged
+    }
+
+    fn judge_once(
         &mut self,
         req: &VerifyRequest,
         vocab: usize,

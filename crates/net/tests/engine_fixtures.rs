@@ -104,4 +104,15 @@ fn sglang_request_and_answer_follow_the_schema() {
     assert!(e.contains("no distribution after the last token"), "{e}");
     let e = refused(&|r| r["meta_info"]["input_top_logprobs"] = Value::Array(vec![]));
     assert!(e.contains("0 input positions scored from 0 of 3"), "{e}");
+    let e = sglang::parse_generate(f.response.clone(), &TOKENS, 0)
+        .expect_err("from 0")
+        .to_string();
+    assert!(e.contains("rows from prefix 0 of 3 tokens"), "{e}");
+
+    // Rows from a later prefix: the first input entry is padded, the rows follow it.
+    let f = fixture("sglang-generate-from-2.json");
+    assert_eq!(sglang::generate_request(&TOKENS, f.from, 4), f.request);
+    let s = sglang::parse_generate(f.response.clone(), &TOKENS, f.from).expect("parses");
+    assert_eq!(sorted(s.rows), f.rows);
+    assert_eq!(s.computed_positions, Some(1));
 }

@@ -103,10 +103,21 @@ fn write_fixture_gguf(path: &Path) {
 }
 
 fn start() -> Option<LlamaServer> {
+    start_serving(None)
+}
+
+/// llama-server on `model` (default: the tiny fixture, written here).
+fn start_serving(model: Option<PathBuf>) -> Option<LlamaServer> {
     let bin = binary()?;
     let dir = tempfile::tempdir().expect("scratch dir");
-    let gguf = dir.path().join("tiny-llama.gguf");
-    write_fixture_gguf(&gguf);
+    let gguf = match model {
+        Some(m) => m,
+        None => {
+            let gguf = dir.path().join("tiny-llama.gguf");
+            write_fixture_gguf(&gguf);
+            gguf
+        }
+    };
     let plain_gguf = dir.path().join("tiny-llama-plain.gguf");
     gguf_writer::write_tiny_llama_gguf(&fixture("tiny-llama"), &plain_gguf);
     let port = {
@@ -177,10 +188,33 @@ fn own_greedy(server: &LlamaServer, n: usize) -> Vec<TokenId> {
 /// `text` with the tiny Qwen2 fixture as the draft model: other weights than the target's,
 /// so that drafts are rejected often (the statistical tests need rejections).
 fn qwen2_draft(text: String) -> String {
+    with_draft(text, &fixture("tiny-qwen2"))
+}
+
+/// `text` (a [`config`]) with `model` as the draft model.
+fn with_draft(text: String, model: &Path) -> String {
     let llama = format!("{:?}", fixture("tiny-llama").display().to_string());
-    let qwen2 = format!("{:?}", fixture("tiny-qwen2").display().to_string());
     assert!(text.contains(&llama));
-    text.replacen(&llama, &qwen2, 1)
+    text.replacen(&llama, &format!("{:?}", model.display().to_string()), 1)
+}
+
+/// A fetched catalogue model's GGUF; `None` (skipped, with a note) when it is not fetched,
+/// unless `HLM_REQUIRE_MODELS=1` (CI), where it must be.
+fn fetched(name: &str) -> Option<PathBuf> {
+    let path = hlm_backends::transformer::default_models_dir(None)
+        .unwrap_or_default()
+        .join(name)
+        .join("model.gguf");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("HLM_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "{} is missing (cargo xtask models fetch {name})",
+        path.display()
+    );
+    eprintln!("skipped: {name} is not fetched");
+    None
 }
 
 fn engine_verifier(url: &str, extra: &str) -> String {
@@ -229,16 +263,21 @@ fn a_run_verified_by_llama_server_equals_the_local_run() {
                 format!("generation.temperature={temperature}"),
             ];
             let local = run(
-                &config(
+                &qwen2_draft(config(
                     &gguf_local_verifier(&server.plain_gguf),
                     upload,
                     codec,
                     extra,
-                ),
+                )),
                 &set,
             );
             let engine = run(
-                &config(&engine_verifier(&server.url, ""), upload, codec, extra),
+                &qwen2_draft(config(
+                    &engine_verifier(&server.url, ""),
+                    upload,
+                    codec,
+                    extra,
+                )),
                 &set,
             );
             let what = format!("method {i}, seed {seed}, T = {temperature}");
@@ -277,7 +316,12 @@ fn greedy_hybrid_output_is_llama_servers_own_greedy_output() {
     let own = own_greedy(&server, 16);
     for &(upload, codec, extra) in METHODS {
         let r = run(
-            &config(&engine_verifier(&server.url, ""), upload, codec, extra),
+            &qwen2_draft(config(
+                &engine_verifier(&server.url, ""),
+                upload,
+                codec,
+                extra,
+            )),
             &["generation.temperature=0.0".into()],
         );
         let verified = r
@@ -298,25 +342,49 @@ fn greedy_hybrid_output_is_llama_servers_own_greedy_output() {
     }
 }
 
-/// The p-value of the first generated tokens of `runs` seeds of `text` against the tiny
-/// model's own softmax after the prompt (computed in this process, exact arithmetic).
-fn first_token_p_value(server: &LlamaServer, text: &str, runs: u64) -> (f64, hlm_core::RunStats) {
+/// The p-value of the first `n` (1 or 2) generated tokens of `runs` seeds of `text` against
+/// the tiny model's own law after the prompt (computed in this process, exact arithmetic),
+/// and the runs' summed replacement counts.
+fn law_p_value(server: &LlamaServer, text: &str, n: usize, runs: u64) -> (f64, hlm_core::RunStats) {
     let mut t = hlm_backends::Transformer::load_with(
         &server.gguf,
         &hlm_backends::parse_device("cpu").expect("cpu"),
         hlm_backends::Precision::Exact,
     )
     .expect("fixture gguf loads");
-    let logits = t.forward_all(PROMPT).expect("forward");
-    let law = softmax_with_temperature(logits.last().unwrap(), 1.0);
-    let mut p = pipeline(text, &["generation.max_new_tokens=1".into()]);
+    let mut next = |prefix: &[TokenId]| {
+        hlm_core::LanguageModel::truncate(&mut t, 0).unwrap();
+        let logits = t.forward_all(prefix).expect("forward");
+        softmax_with_temperature(logits.last().unwrap(), 1.0)
+    };
+    let first = next(PROMPT);
+    let vocab = first.len();
+    // law[i]: the probability of the sequence numbered i (first token major).
+    let law: Vec<f64> = match n {
+        1 => first.iter().map(|&p| p as f64).collect(),
+        2 => (0..vocab)
+            .flat_map(|a| {
+                let mut prefix = PROMPT.to_vec();
+                prefix.push(a as TokenId);
+                let pa = first[a] as f64;
+                next(&prefix).into_iter().map(move |p| pa * p as f64)
+            })
+            .collect(),
+        _ => unreachable!("1 or 2 tokens"),
+    };
+    let mut p = pipeline(text, &[format!("generation.max_new_tokens={n}")]);
     let mut counts = vec![0u64; law.len()];
     let mut stats = hlm_core::RunStats::default();
     for seed in 0..runs {
         p.generation.seed = seed;
         let r = p.generate(PROMPT, &mut |_| {}).expect("run");
-        counts[r.generated_ids[0] as usize] += 1;
+        let idx = r
+            .generated_ids
+            .iter()
+            .fold(0usize, |i, &t| i * vocab + t as usize);
+        counts[idx] += 1;
         stats.resamples += r.stats.resamples;
+        stats.bonus_tokens += r.stats.bonus_tokens;
         stats.residual_exact += r.stats.residual_exact;
         stats.residual_approx += r.stats.residual_approx;
         stats.residual_max_missing_mass = stats
@@ -325,7 +393,7 @@ fn first_token_p_value(server: &LlamaServer, text: &str, runs: u64) -> (f64, hlm
     }
     let (mut stat, mut cells, mut pooled_o, mut pooled_e) = (0.0, 0usize, 0.0, 0.0);
     for (o, p) in counts.iter().zip(&law) {
-        let (o, e) = (*o as f64, *p as f64 * runs as f64);
+        let (o, e) = (*o as f64, p * runs as f64);
         if e < 5.0 {
             pooled_o += o;
             pooled_e += e;
@@ -352,7 +420,7 @@ fn sampled_first_tokens_follow_the_target_distribution() {
         "type = \"dense\"\nbits = 32",
         "",
     ));
-    let (p, st) = first_token_p_value(&server, &text, 1500);
+    let (p, st) = law_p_value(&server, &text, 1, 1500);
     assert!(p > 1e-3, "p = {p}");
     assert!(
         st.resamples > 100,
@@ -361,9 +429,9 @@ fn sampled_first_tokens_follow_the_target_distribution() {
 }
 
 /// `distribution = "sampled"` (the drafted token's probability, engine draws for the
-/// residual, engine-drawn bonus tokens) is lossless too: dense uploads and token-only
-/// speculative drafts; and with no engine draws at all, the fallback residual from the top
-/// 64 (here the whole vocabulary, so nothing is missing) is exact as well.
+/// residual) is lossless too: dense uploads and token-only speculative drafts; and with no
+/// engine draws at all, the fallback residual from the top 64 (here the whole vocabulary,
+/// so nothing is missing) is exact as well.
 #[test]
 fn sampled_distribution_mode_is_lossless() {
     let Some(server) = start() else { return };
@@ -381,7 +449,7 @@ fn sampled_distribution_mode_is_lossless() {
             &format!("distribution = \"sampled\"\n{verifier_extra}"),
         );
         let text = qwen2_draft(config(&v, "type = \"always\"", codec, extra));
-        let (p, st) = first_token_p_value(&server, &text, 1500);
+        let (p, st) = law_p_value(&server, &text, 1, 1500);
         let what = format!("{codec} {extra} {verifier_extra}");
         assert!(p > 1e-3, "{what}: p = {p}");
         assert!(st.resamples > 100, "{what}: {st:?}");
@@ -494,7 +562,8 @@ fn a_forced_tokens_reported_probability_is_its_raw_probability() {
 #[test]
 fn a_killed_llama_server_takes_the_fault_path() {
     let Some(server) = start() else { return };
-    let text = config(
+    let own = own_greedy(&server, 20);
+    let text = qwen2_draft(config(
         &engine_verifier(
             &server.url,
             "connect_timeout_s = 0.5\nretries = 0\nreconnect_interval_s = 0.0",
@@ -502,7 +571,7 @@ fn a_killed_llama_server_takes_the_fault_path() {
         "type = \"always\"",
         "type = \"dense\"",
         "",
-    );
+    ));
     let mut p = pipeline(
         &text,
         &[
@@ -528,6 +597,11 @@ fn a_killed_llama_server_takes_the_fault_path() {
         .position(|k| *k == TokenKind::Unverified)
         .expect("tokens after the kill are unverified");
     assert!(first_unverified >= 6, "{:?}", report.kinds);
+    assert_eq!(
+        report.generated_ids[..first_unverified],
+        own[..first_unverified],
+        "verified tokens are the target's greedy choices"
+    );
     assert!(
         report.kinds[first_unverified..]
             .iter()
@@ -557,4 +631,39 @@ fn a_wrong_model_is_refused_by_name() {
         msg.contains("tiny-llama.gguf") && msg.contains("llama-2-7b"),
         "{msg}"
     );
+}
+
+/// Real tokenizers: SmolLM2-135M served by llama-server and drafted by hlm from the same
+/// file passes the first session's checks (the vocabulary, and hlm's tokenizer and
+/// llama.cpp's splitting the probe string alike) and a greedy run is verified throughout;
+/// Qwen2.5-Coder-0.5B as the draft is refused, naming both vocabularies.
+#[test]
+fn real_tokenizers_and_vocabularies_are_checked_at_the_first_session() {
+    let (Some(smollm2), Some(qwen)) = (
+        fetched("smollm2-135m-instruct"),
+        fetched("qwen2.5-coder-0.5b-instruct"),
+    ) else {
+        return;
+    };
+    let Some(server) = start_serving(Some(smollm2.clone())) else {
+        return;
+    };
+    let v = engine_verifier(&server.url, "distribution = \"sampled\"");
+    let text = config(&v, "type = \"always\"", "type = \"token_only\"", "");
+    let prompt = [1u32, 9690, 198, 2683, 359, 253, 5356, 5646, 11173];
+    let overrides = ["generation.temperature=0.0".to_string()];
+    let mut p = pipeline(&with_draft(text.clone(), &smollm2), &overrides);
+    let r = p.generate(&prompt, &mut |_| {}).expect("a verified run");
+    assert_eq!(r.stats.verifier_faults, 0);
+    assert!(
+        r.kinds.iter().all(|k| !matches!(k, TokenKind::Unverified)),
+        "{:?}",
+        r.kinds
+    );
+    let err = pipeline(&with_draft(text, &qwen), &overrides)
+        .generate(&prompt, &mut |_| {})
+        .expect_err("another vocabulary");
+    let msg = err.to_string();
+    assert!(matches!(err, HlmError::Incompatible(_)), "{msg}");
+    assert!(msg.contains("49152") && msg.contains("151936"), "{msg}");
 }

@@ -135,9 +135,10 @@ impl HttpClient {
                 .take(500)
                 .collect::<String>();
             let message = format!("{url} answered HTTP {status}: {}", text.trim());
-            // 5xx: overloaded, loading or crashed, which the engine may get over; 4xx: it
-            // refuses what we ask (wrong flags, limits), which asking again cannot change.
-            return Err(if status >= 500 {
+            // 5xx, 408 and 429: overloaded, loading, crashed or a gateway's timeout, which
+            // the engine may get over; other 4xx: it refuses what we ask (wrong flags,
+            // limits), which asking again cannot change.
+            return Err(if status >= 500 || status == 408 || status == 429 {
                 Attempt::Fault(message)
             } else {
                 Attempt::Refused(HlmError::Verifier(message))

@@ -286,11 +286,9 @@ impl EngineSpec {
         let sampled = (self.distribution == Distribution::Sampled).then_some(
             sampled::SampledJudge::new(self.residual_tries, self.fallback_top_k),
         );
-        Ok(Box::new(EngineVerifier::new(
-            engine,
-            self.model.clone(),
-            sampled,
-        )))
+        let mut verifier = EngineVerifier::new(engine, self.model.clone(), sampled);
+        verifier.ask_info();
+        Ok(Box::new(verifier))
     }
 }
 

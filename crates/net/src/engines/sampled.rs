@@ -7,8 +7,8 @@
 //! norm(max(0, y − x)), the residual of speculative sampling. Each try is one request; a try
 //! fails with probability 1 − TV(x, y). After `tries` failures the replacement comes from
 //! the top-k of y with the unreported mass m spread in the draft's shape (the research notes'
-//! option (a)); that draw strays from the residual by at most 2m in total variation, which
-//! the run records.
+//! option (a)); the token that draw puts out strays from the target's distribution by at
+//! most 2m in total variation, which the run records.
 //!
 //! Only temperatures 0 and 1 are exact here: an engine's raw probabilities are y itself at
 //! T = 1 and give its argmax at T = 0; other temperatures need the normaliser of y^(1/T),
@@ -72,8 +72,25 @@ impl SampledJudge {
         Ok(())
     }
 
-    /// Judge `req`, whose draft `j` follows `seq[..base + j]`.
+    /// Judge `req`, whose draft `j` follows `seq[..base + j]`. On an error the random stream
+    /// is as it was, so the request sent again later draws the same numbers.
     pub fn judge<E: Engine>(
+        &mut self,
+        engine: &mut E,
+        seq: &[TokenId],
+        base: usize,
+        req: &VerifyRequest,
+        vocab: usize,
+    ) -> Result<SampledJudged> {
+        let saved = self.rng.clone();
+        let judged = self.judge_once(engine, seq, base, req, vocab);
+        if judged.is_err() {
+            self.rng = saved;
+        }
+        judged
+    }
+
+    fn judge_once<E: Engine>(
         &mut self,
         engine: &mut E,
         seq: &[TokenId],
@@ -99,6 +116,17 @@ impl SampledJudge {
                 return Err(HlmError::Verifier(format!(
                     "{} answered a token outside the vocabulary of {vocab}",
                     engine.describe()
+                )));
+            }
+            // Log-probabilities: not NaN, at most 0 (up to the engines' rounding); -inf is
+            // a probability of 0.
+            let lp_ok = |lp: f32| !lp.is_nan() && lp <= 1e-4;
+            if !lp_ok(p.logprob) || p.top.iter().any(|&(_, lp)| !lp_ok(lp)) {
+                return Err(HlmError::Verifier(format!(
+                    "{} answered a log-probability that is none: {} (token {})",
+                    engine.describe(),
+                    p.logprob,
+                    p.token
                 )));
             }
             Ok(p)

@@ -61,7 +61,7 @@ pub fn generate_request(tokens: &[TokenId], from: usize, vocab: usize) -> serde_
         "input_ids": tokens,
         "sampling_params": { "max_new_tokens": 1, "temperature": 0.0 },
         "return_logprob": true,
-        "logprob_start_len": from - 1,
+        "logprob_start_len": from.saturating_sub(1),
         "top_logprobs_num": vocab,
         "stream": false,
     })
@@ -83,8 +83,11 @@ fn bad(m: String) -> HlmError {
 
 fn scored(g: Generated, tokens: &[TokenId], from: usize) -> Result<Scored> {
     let m = g.meta_info;
-    let start = from - 1;
     let n = tokens.len();
+    if !(1..=n).contains(&from) {
+        return Err(bad(format!("rows from prefix {from} of {n} tokens")));
+    }
+    let start = from - 1;
     if m.input_top_logprobs.len() != n - start || m.input_token_logprobs.len() != n - start {
         return Err(bad(format!(
             "{} input positions scored from {start} of {n}",
@@ -151,7 +154,8 @@ impl Engine for Sglang {
     }
 
     fn tokenize(&mut self, _text: &str) -> Result<Option<Vec<TokenId>>> {
-        // No tokenizer endpoint in its native API; the vocabulary size is still checked.
+        // No tokenizer endpoint in its native API; the vocabulary size is checked by a scored
+        // one-token prompt.
         Ok(None)
     }
 

@@ -34,6 +34,9 @@ pub struct EngineVerifier<E: Engine> {
     sampled: Option<SampledJudge>,
     /// The engine's model, once it answered and passed the checks.
     info: Option<(EngineInfo, usize)>,
+    /// What the engine reported when the verifier was built, not yet checked (its context
+    /// bounds the run before the first session).
+    reported: Option<EngineInfo>,
     /// The device's tokenizer, to compare with the engine's at the first session.
     device_tokenizer: Option<Arc<dyn TextTokenizer>>,
     /// Every token of this session the verifier has verified or been told (prompt first).
@@ -66,17 +69,38 @@ impl<E: Engine> EngineVerifier<E> {
             judge: DraftJudge::new(rule),
             sampled,
             info: None,
+            reported: None,
             device_tokenizer: None,
             history: Vec::new(),
         }
     }
 
+    /// Ask the engine what it serves now, if it answers (so that the pipeline knows its
+    /// context before the first session); an engine that is down is asked again then.
+    pub fn ask_info(&mut self) {
+        match self.engine.info() {
+            Ok(i) => self.reported = Some(i),
+            Err(e) => tracing::warn!("{}: {e}", self.engine.describe()),
+        }
+    }
+
     /// The engine's model and vocabulary size, asked once and checked against the device.
     fn checked_info(&mut self, draft_vocab: usize) -> Result<usize> {
-        if let Some((_, vocab)) = &self.info {
+        if let Some((info, vocab)) = &self.info {
+            if draft_vocab != 0 && *vocab != draft_vocab {
+                return Err(HlmError::Incompatible(format!(
+                    "{} serves `{}` with a vocabulary of {vocab} entries; the draft model's \
+                     has {draft_vocab}",
+                    self.engine.describe(),
+                    info.model
+                )));
+            }
             return Ok(*vocab);
         }
-        let info = self.engine.info()?;
+        let info = match self.reported.take() {
+            Some(i) => i,
+            None => self.engine.info()?,
+        };
         let name = self.engine.describe();
         if let Some(want) = &self.expect_model
             && !info.model.contains(want.as_str())
@@ -88,8 +112,20 @@ impl<E: Engine> EngineVerifier<E> {
         }
         let vocab = match info.vocab_size {
             Some(v) => v,
-            // The engine does not say: a whole row of a one-token prompt tells.
-            None => vocab_of_row(&self.engine.score(&[0], 1, draft_vocab)?, &name)?,
+            // The engine does not say: a whole row of a one-token prompt tells. One entry
+            // more than the draft's vocabulary is asked for, so a larger vocabulary shows.
+            None => {
+                let asked = draft_vocab.saturating_add(1);
+                let s = self.engine.score(&[0], 1, asked)?;
+                if draft_vocab != 0 && s.rows.first().is_some_and(|r| r.len() >= asked) {
+                    return Err(HlmError::Incompatible(format!(
+                        "{name} serves `{}` with a vocabulary of more than {draft_vocab} \
+                         entries, the draft model's",
+                        info.model
+                    )));
+                }
+                vocab_of_row(&s, &name)?
+            }
         };
         if draft_vocab != 0 && vocab != draft_vocab {
             return Err(HlmError::Incompatible(format!(
@@ -137,8 +173,16 @@ impl<E: Engine> EngineVerifier<E> {
                 *engine_s.get_or_insert(0.0) += t;
             }
         };
-        // Rows needed: one per draft up to the first rejection, and the bonus row.
-        let needed = req.drafts.len() + usize::from(req.bonus);
+        // Rows needed: up to the last judged draft (skipped ones are not judged), and the
+        // bonus row.
+        let needed = if req.bonus {
+            req.drafts.len() + 1
+        } else {
+            req.drafts
+                .iter()
+                .rposition(|d| d.payload.is_some())
+                .map_or(0, |i| i + 1)
+        };
         let mut batch: Vec<SparseRow> = Vec::new();
         if self.engine.scores_prompt() && needed > 0 {
             let upto = (base + needed - 1).min(seq.len());
@@ -187,7 +231,9 @@ impl<E: Engine> Verifier for EngineVerifier<E> {
     fn max_context(&self) -> usize {
         self.info
             .as_ref()
-            .and_then(|(i, _)| i.max_context)
+            .map(|(i, _)| i)
+            .or(self.reported.as_ref())
+            .and_then(|i| i.max_context)
             .unwrap_or(usize::MAX)
     }
 

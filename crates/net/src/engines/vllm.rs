@@ -99,6 +99,9 @@ pub fn completions_request(model: &str, tokens: &[TokenId]) -> serde_json::Value
 /// Rows for the prefix ends `from..=n` of an `n`-token sequence from a `/v1/completions`
 /// answer.
 pub fn parse_completions(answer: serde_json::Value, n: usize, from: usize) -> Result<Scored> {
+    if !(1..=n).contains(&from) {
+        return Err(bad(format!("rows from prefix {from} of {n} tokens")));
+    }
     let c: Completions = serde_json::from_value(answer).map_err(|e| bad(e.to_string()))?;
     scored(c, n, from)
 }
@@ -184,6 +187,8 @@ impl Engine for Vllm {
                 self.model.as_deref().unwrap_or("anything")
             )));
         };
+        // Requests must name the model as vLLM lists it (verifier.model may be part of it).
+        self.model = Some(entry.id.clone());
         Ok(EngineInfo {
             model: entry.id,
             vocab_size: None,
