@@ -351,6 +351,56 @@ fn impossible_prefill_chunk_is_refused_by_name() {
     }
 }
 
+/// The local verifier's log-likelihood of a continuation equals log-softmax of HF
+/// transformers' logits at the positions that predict it, and a verification session started
+/// after it is unaffected.
+fn log_likelihood_matches_reference(name: &str) {
+    use hlm_core::Verifier;
+    let r = reference(name);
+    let mut v = hlm_core::LocalVerifier::new(
+        Box::new(load(name)),
+        std::sync::Arc::new(hlm_core::SpeculativeSampling {}),
+    );
+    let split = 4;
+    let (prompt, continuation) = r.input_ids.split_at(split);
+    let got = v
+        .log_likelihood(prompt, continuation)
+        .expect("scores")
+        .expect("a local verifier scores sequences");
+    assert_eq!(got.len(), continuation.len());
+    for (i, (&t, &g)) in continuation.iter().zip(&got).enumerate() {
+        let row = &r.logits[split - 1 + i];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&l| (l as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let want = row[t as usize] as f64 - lse;
+        assert!(g <= 0.0, "log-probability {g} > 0");
+        assert!((g - want).abs() < 1e-3, "token {i}: {g} vs {want}");
+    }
+    // Scoring a second time (after the first left its state behind) gives the same.
+    let again = v.log_likelihood(prompt, continuation).unwrap().unwrap();
+    assert_eq!(got, again);
+    assert!(v.log_likelihood(&[], continuation).is_err());
+    assert!(
+        v.log_likelihood(prompt, &[64]).is_err(),
+        "64 is outside the vocabulary"
+    );
+}
+
+#[test]
+fn tiny_llama_log_likelihood() {
+    log_likelihood_matches_reference("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_log_likelihood() {
+    log_likelihood_matches_reference("tiny-qwen2");
+}
+
 #[test]
 fn tiny_llama_prefill_and_decode() {
     prefill_and_decode_match_reference("tiny-llama");

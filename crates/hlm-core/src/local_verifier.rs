@@ -82,6 +82,54 @@ impl Verifier for LocalVerifier {
     fn describe(&self) -> String {
         format!("local verifier on {}", self.model.describe())
     }
+
+    fn log_likelihood(
+        &mut self,
+        prompt: &[TokenId],
+        continuation: &[TokenId],
+    ) -> Result<Option<Vec<f64>>> {
+        if prompt.is_empty() {
+            return Err(HlmError::Verifier("empty prompt".into()));
+        }
+        let vocab = self.model.vocab_size();
+        let mut tokens = prompt.to_vec();
+        tokens.extend_from_slice(continuation);
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(HlmError::Verifier(format!(
+                "token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if continuation.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        self.last_logits = None;
+        self.model.truncate(0)?;
+        // Rows for the last prompt token and every continuation token but the last: each
+        // predicts the next continuation token.
+        let rows = self.model.forward_tail(&tokens, continuation.len() + 1)?;
+        self.model.truncate(0)?;
+        if rows.len() != continuation.len() + 1 {
+            return Err(HlmError::Model(format!(
+                "the model returned {} rows of logits for {} wanted",
+                rows.len(),
+                continuation.len() + 1
+            )));
+        }
+        Ok(Some(
+            continuation
+                .iter()
+                .zip(&rows)
+                .map(|(&t, row)| log_softmax_at(row, t as usize))
+                .collect(),
+        ))
+    }
+}
+
+/// `ln softmax(logits)[i]`, in f64 (a long continuation sums many of them).
+fn log_softmax_at(logits: &[f32], i: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    logits[i] as f64 - max - sum.ln()
 }
 
 impl LocalVerifier {

@@ -101,6 +101,18 @@ pub trait Verifier: Send {
     fn use_device_tokenizer(&mut self, _tokenizer: Arc<dyn TextTokenizer>) {}
     /// A short human-readable description.
     fn describe(&self) -> String;
+    /// The target's natural log-probability (temperature 1) of each token of `continuation`
+    /// after `prompt`: how likely the LLM finds an output, the usual measure of how far a
+    /// lossy method drifts from it. `None` where the verifier cannot score a sequence (a
+    /// remote server without the request). Ends any session: call [`Verifier::begin`] again
+    /// before verifying.
+    fn log_likelihood(
+        &mut self,
+        _prompt: &[TokenId],
+        _continuation: &[TokenId],
+    ) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
 }
 
 /// Config-selected recipe for a verifier (`[verifier]` table, `type = ...`).

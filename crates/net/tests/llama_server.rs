@@ -557,6 +557,50 @@ fn a_forced_tokens_reported_probability_is_its_raw_probability() {
     }
 }
 
+/// The target's log-likelihood of a continuation, asked of llama-server one forced token at a
+/// time, equals the local verifier's on the same weights (what `hlm bench` scores outputs
+/// with), and a token outside the vocabulary is refused before anything is asked.
+#[test]
+fn llama_server_scores_continuations_as_the_local_verifier_does() {
+    let Some(server) = start() else { return };
+    let verifier = |text: String| {
+        pipeline(
+            &qwen2_draft(config(
+                &text,
+                "type = \"always\"",
+                "type = \"dense\"\nbits = 8",
+                "",
+            )),
+            &[],
+        )
+        .into_models()
+        .1
+        .expect("a verifier")
+    };
+    let mut local = verifier(gguf_local_verifier(&server.plain_gguf));
+    let mut engine = verifier(engine_verifier(&server.url, ""));
+    let continuation: Vec<TokenId> = vec![7, 40, 3, 3, 63, 12];
+    let want = local
+        .log_likelihood(PROMPT, &continuation)
+        .expect("local scores")
+        .expect("local has scores");
+    let got = engine
+        .log_likelihood(PROMPT, &continuation)
+        .expect("llama-server scores")
+        .expect("llama-server has scores");
+    assert_eq!(got.len(), continuation.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() < 1e-3,
+            "token {i}: llama-server {g}, local {w}"
+        );
+    }
+    let err = engine
+        .log_likelihood(PROMPT, &[64])
+        .expect_err("64 is outside the vocabulary");
+    assert!(err.to_string().contains("64"), "{err}");
+}
+
 /// llama-server killed mid-run: the rest of the run is kept unverified, nothing is lost, and
 /// the tokens verified before the kill are the target's.
 #[test]

@@ -16,11 +16,14 @@ use hlm_core::{
 };
 
 use super::sampled::SampledJudge;
-use super::{Engine, EngineInfo, Scored, SparseRow};
+use super::{Engine, EngineInfo, PointQuery, Scored, SparseRow};
 
 /// The text whose tokens must be the same on both sides (letters, digits, spaces, code and a
 /// non-Latin script: where tokenizers of different families part).
 pub const TOKENIZER_PROBE: &str = "def probe(x):\n    return x * 2  # héllo, 世界! 12345";
+
+/// Entries asked of an engine whose vocabulary nothing tells (it returns at most its own).
+const UNKNOWN_VOCAB_ASK: usize = 1 << 20;
 
 /// Log-probabilities of a row must sum to 1 within this (the engines print them rounded).
 const MASS_TOLERANCE: f64 = 1e-3;
@@ -113,9 +116,14 @@ impl<E: Engine> EngineVerifier<E> {
         let vocab = match info.vocab_size {
             Some(v) => v,
             // The engine does not say: a whole row of a one-token prompt tells. One entry
-            // more than the draft's vocabulary is asked for, so a larger vocabulary shows.
+            // more than the draft's vocabulary is asked for, so a larger vocabulary shows;
+            // without a draft (LLM-only), more entries than any vocabulary has.
             None => {
-                let asked = draft_vocab.saturating_add(1);
+                let asked = if draft_vocab == 0 {
+                    UNKNOWN_VOCAB_ASK
+                } else {
+                    draft_vocab.saturating_add(1)
+                };
                 let s = self.engine.score(&[0], 1, asked)?;
                 if draft_vocab != 0 && s.rows.first().is_some_and(|r| r.len() >= asked) {
                     return Err(HlmError::Incompatible(format!(
@@ -318,6 +326,60 @@ impl<E: Engine> Verifier for EngineVerifier<E> {
             Some((i, _)) => format!("{} serving `{}`", self.engine.describe(), i.model),
             None => self.engine.describe(),
         }
+    }
+
+    fn log_likelihood(
+        &mut self,
+        prompt: &[TokenId],
+        continuation: &[TokenId],
+    ) -> Result<Option<Vec<f64>>> {
+        if prompt.is_empty() {
+            return Err(HlmError::Verifier("empty prompt".into()));
+        }
+        let vocab = self.checked_info(0)?;
+        let mut seq = prompt.to_vec();
+        seq.extend_from_slice(continuation);
+        if let Some(&bad) = seq.iter().find(|&&t| t as usize >= vocab) {
+            return Err(HlmError::Verifier(format!(
+                "token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        self.history.clear();
+        let name = self.engine.describe();
+        let mut out = Vec::with_capacity(continuation.len());
+        if self.engine.answers_points() {
+            // One small answer a token: its exact log-probability after its prefix.
+            for (i, &t) in continuation.iter().enumerate() {
+                let p = self
+                    .engine
+                    .point(&seq[..prompt.len() + i], PointQuery::Token(t), 0)?;
+                if p.token != t || !p.logprob.is_finite() || p.logprob > 0.0 {
+                    return Err(HlmError::Verifier(format!(
+                        "{name} scored token {} with log-probability {} when asked for {t}",
+                        p.token, p.logprob
+                    )));
+                }
+                out.push(f64::from(p.logprob));
+            }
+        } else if !continuation.is_empty() {
+            // Whole rows of every prefix in one request; the last (after the whole
+            // continuation) is not needed.
+            let scored = self
+                .engine
+                .score(&seq[..seq.len() - 1], prompt.len(), vocab)?;
+            if scored.rows.len() != continuation.len() {
+                return Err(HlmError::Verifier(format!(
+                    "{name} scored {} positions of the {} asked for",
+                    scored.rows.len(),
+                    continuation.len()
+                )));
+            }
+            for (row, &t) in scored.rows.iter().zip(continuation) {
+                let row = dense(row, vocab, &name)?;
+                out.push(f64::from(row[t as usize]));
+            }
+        }
+        Ok(Some(out))
     }
 }
 
