@@ -25,10 +25,18 @@ Each method NAME is the pipeline METHOD_DIR/NAME.toml (default: the folder of --
 configs/slm.toml ... configs/random.toml). The base --config supplies what every method
 shares: [generation], [link], [energy] and `device` (and -n/-t/-s/-d/--set apply to it), so
 all methods see the same prompts, seeds, link and energy model. BERTScore compares each
-output with the LLM-only output of the same prompt and seed (or the prompt's `reference`).
+output with the prompt's `reference`, else with --references LLM-only samples of it.
 Examples:
   hlm bench -c configs/hlm.toml --prompts prompts/general.jsonl -n 32
   hlm bench -c configs/hlm.toml --prompts prompts/humaneval.jsonl --limit 10 --methods llm,hlm,iu-hlm
+With --seeds N each mean of table.md carries a 95 % interval (bootstrap over prompts, then
+seeds) and each method its paired difference against standard HLM (bold where the interval
+excludes zero). Every output is also scored with the base config's verifier: the target's
+negative log-likelihood per token, how far a lossy method drifts from the LLM.
+  hlm bench -c configs/paper/hlm.toml --methods llm,hlm,u-hlm,iu-hlm --seeds 3 -n 20
+HumanEval pass@1 (scripts/fetch-humaneval.sh first):
+  hlm bench -c configs/paper/hlm.toml --prompts prompts/humaneval.jsonl --limit 20 -n 128 \
+    --humaneval ~/.cache/hlm/humaneval/HumanEval.jsonl --methods llm,hlm,iu-hlm
 Writes OUT/results.json (every run), OUT/results.csv and OUT/table.md.")]
 pub struct BenchArgs {
     /// Base pipeline config: generation, link, energy and device shared by every method.
@@ -66,6 +74,28 @@ pub struct BenchArgs {
     /// Skip BERTScore (no encoder needed).
     #[arg(long)]
     pub no_bertscore: bool,
+    /// Seeds per prompt: every method runs each prompt with the config's seed and the next
+    /// N − 1, so the table's intervals cover the sampling noise as well as the prompts.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub seeds: u64,
+    /// LLM-only samples (of seeds no method runs with) that BERTScore compares each output
+    /// with, for prompts without a dataset reference; 0: the same-seed LLM-only output.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    pub references: usize,
+    /// Skip scoring each output's log-likelihood with the base config's verifier.
+    #[arg(long)]
+    pub no_likelihood: bool,
+    /// HumanEval problems with their unit tests (`HumanEval.jsonl`, written by
+    /// scripts/fetch-humaneval.sh): the completion of each prompt whose id is a task id is run
+    /// with its tests in a sandboxed Python (pass@1 in the table).
+    #[arg(long, value_name = "FILE")]
+    pub humaneval: Option<PathBuf>,
+    /// Python that runs the HumanEval tests.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: PathBuf,
+    /// Seconds a HumanEval completion may run before it is killed (and fails).
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub task_timeout: f64,
     /// Sweep a config key over START, START+STEP, ... ≤ STOP, e.g.
     /// `upload.importance.threshold.lambda=0:1:0.5` or `link.bandwidth_hz=5e6:20e6:5e6`.
     /// Repeatable (the grid of all combinations). Keys of [generation], [link], [energy] and
@@ -252,8 +282,51 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             .collect();
         s.set_idf(Some(&refs))?;
     }
+    let problems = match &args.humaneval {
+        Some(path) => {
+            let problems = hlm_eval::humaneval::load_problems(path)?;
+            let matched = prompts
+                .iter()
+                .filter(|p| problems.contains_key(&p.id))
+                .count();
+            if matched == 0 {
+                bail!(
+                    "--humaneval {}: none of the {} prompts of {} has a HumanEval task id as its id",
+                    path.display(),
+                    prompts.len(),
+                    args.prompts.display()
+                );
+            }
+            Some(problems)
+        }
+        None => None,
+    };
+    let sandbox = match &problems {
+        Some(_) => {
+            if !(args.task_timeout.is_finite()
+                && args.task_timeout > 0.0
+                && args.task_timeout <= 3600.0)
+            {
+                bail!(
+                    "--task-timeout {}: expected seconds in (0, 3600]",
+                    args.task_timeout
+                );
+            }
+            let mut s = hlm_eval::humaneval::Sandbox::new(Some(&args.python))?;
+            s.timeout = Duration::from_secs_f64(args.task_timeout);
+            Some(s)
+        }
+        None => None,
+    };
     let points = grid(&sweeps);
-    let total = (points.len() * args.methods.len() * prompts.len()) as u64;
+    let runs_per_method = prompts.len() as u64 * args.seeds;
+    let references = if args.methods.iter().any(|m| m == "llm") && !args.no_bertscore {
+        prompts.iter().filter(|p| p.reference.is_none()).count() * args.references
+    } else {
+        0
+    };
+    let total =
+        points.len() as u64 * args.methods.len() as u64 * runs_per_method + references as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -267,6 +340,26 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let ctx = args.overrides.build_context(&base0);
     let mut session = bench::Bench::new(&prompts, ctx, scorer.as_ref());
+    if let (Some(problems), Some(sandbox)) = (&problems, sandbox) {
+        session = session.tasks(problems, sandbox);
+    }
+    let mut session = session
+        .seeds(args.seeds as usize)
+        .references(
+            if args.methods.iter().any(|m| m == "llm") && scorer.is_some() {
+                args.references
+            } else {
+                0
+            },
+        )
+        .likelihood(if args.no_likelihood {
+            None
+        } else {
+            Some(PipelineConfig::load(
+                &args.config,
+                &args.overrides.to_overrides(),
+            )?)
+        });
     let mut reusable: Vec<PromptResult> = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::new();
     for point in &points {
@@ -304,6 +397,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         let mut results = session.run_methods(to_run, &mut |p| match p {
             Progress::Loading { method } => bar.set_message(format!("{label} {method}: loading")),
+            Progress::Scoring { method } => {
+                bar.set_message(format!("{label} {method}: scoring with the target"))
+            }
             Progress::Done { method, prompt } => {
                 bar.set_message(format!("{label} {method}: {prompt}"));
                 bar.inc(1);
@@ -439,7 +535,11 @@ pub struct ReportArgs {
 
 /// `hlm report`: tables and plots from saved results, without running any model.
 pub fn report(args: ReportArgs) -> Result<()> {
-    let (outcomes, sweep) = read_outcomes(&args.dir)?;
+    let (mut outcomes, sweep) = read_outcomes(&args.dir)?;
+    // The summaries again from the runs (a results.json of an older hlm has no intervals).
+    for oc in &mut outcomes {
+        oc.bench.summary = bench::summarise(&oc.bench.methods, &oc.bench.results);
+    }
     write_outputs(&args.dir, &outcomes, sweep)
 }
 

@@ -586,7 +586,19 @@ fn bench_runs_every_method_on_every_prompt() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = std::fs::read_to_string(out.join("table.md")).expect("table.md");
-    assert_eq!(table.lines().count(), 2 + 4, "{table}");
+    let main_table = table.split("\n\n").next().expect("main table");
+    assert_eq!(main_table.lines().count(), 2 + 4, "{table}");
+    // One seed per prompt: two runs a method, intervals from the prompts alone; the paired
+    // table lists the three methods other than standard HLM.
+    assert!(table.contains("**Against standard HLM**"), "{table}");
+    let paired = table
+        .split("**Against standard HLM**")
+        .nth(1)
+        .expect("paired");
+    for m in ["slm", "llm", "random"] {
+        assert!(paired.contains(&format!("| {m} |")), "{m} in {paired}");
+    }
+    assert!(!paired.contains("| hlm |"), "{paired}");
     let csv = std::fs::read_to_string(out.join("results.csv")).expect("results.csv");
     assert_eq!(csv.lines().count(), 1 + 4 * 2, "{csv}");
     let v: Value =
@@ -650,6 +662,193 @@ fn bench_runs_every_method_on_every_prompt() {
         "--no-bertscore",
     ]);
     assert_fails_naming(&o, "nope.toml");
+}
+
+/// `--seeds`: every method on every prompt with each seed; the first seed's runs are those of
+/// a one-seed bench, the summaries carry intervals around their values, the target scores
+/// every output, and the lossless methods' paired differences in agreement are exact zeros
+/// where they must be.
+#[test]
+fn bench_with_seeds_gives_intervals_likelihoods_and_paired_differences() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (base, prompts) = bench_fixture(dir.path());
+    let out = dir.path().join("out");
+    let o = hlm(&[
+        "bench",
+        "-c",
+        &base.to_string_lossy(),
+        "--prompts",
+        &prompts.to_string_lossy(),
+        "--methods",
+        "slm,llm,hlm,random",
+        "--no-bertscore",
+        "--seeds",
+        "3",
+        "-n",
+        "8",
+        "-t",
+        "1",
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
+            .expect("JSON");
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results.len(), 4 * 2 * 3);
+    let seed0: u64 = results[0]["seed"].as_u64().expect("seed");
+    for m in ["slm", "llm", "hlm", "random"] {
+        let mut seeds: Vec<u64> = results
+            .iter()
+            .filter(|r| r["method"] == m && r["prompt"] == "line-1")
+            .map(|r| r["seed"].as_u64().expect("seed"))
+            .collect();
+        seeds.sort();
+        assert_eq!(seeds, vec![seed0, seed0 + 1, seed0 + 2], "{m}");
+    }
+    // Every output scored by the target: a finite, positive NLL per token.
+    for r in results {
+        let nll = r["target_nll"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no NLL in {r}"));
+        assert!(nll.is_finite() && nll > 0.0, "{r}");
+    }
+    // The first seed's hlm run is the plain `hlm run` of that seed.
+    let single = run_json(&dir.path().join("hlm.toml"), &["-n", "8", "-t", "1"]);
+    let first = results
+        .iter()
+        .find(|r| r["method"] == "hlm" && r["prompt"] == "line-1" && r["seed"] == seed0)
+        .expect("hlm run");
+    assert_eq!(first["generated_ids"], single["generated_ids"]);
+    // Different seeds sample different continuations somewhere (T = 1).
+    let ids = |seed: u64| {
+        results
+            .iter()
+            .find(|r| r["method"] == "llm" && r["prompt"] == "line-1" && r["seed"] == seed)
+            .expect("llm run")["generated_ids"]
+            .clone()
+    };
+    assert!(
+        ids(seed0) != ids(seed0 + 1) || ids(seed0) != ids(seed0 + 2),
+        "three seeds, one output"
+    );
+    for s in v["summary"].as_array().expect("summary") {
+        assert_eq!(s["seeds"], 3, "{s}");
+        assert_eq!(s["prompts"], 2, "{s}");
+        let nll = s["target_nll"].as_f64().expect("summary NLL");
+        let i = &s["intervals"]["target_nll"];
+        let (low, high) = (
+            i["low"].as_f64().expect("low"),
+            i["high"].as_f64().expect("high"),
+        );
+        assert!(low <= nll && nll <= high && low < high, "{s}");
+        // The LLM-only run's agreement with itself is 1 in every resample.
+        if s["method"] == "llm" {
+            assert_eq!(s["intervals"]["token_agreement"]["low"], 1.0, "{s}");
+        }
+        // Standard HLM less itself: zero, exactly.
+        if s["method"] == "hlm" {
+            assert_eq!(s["vs_hlm"]["upload_rate"]["value"], 0.0, "{s}");
+        }
+    }
+    // The SLM-only method uploads nothing where HLM uploads everything: a difference of
+    // -100 points whose interval excludes zero, marked bold.
+    let table = std::fs::read_to_string(out.join("table.md")).expect("table");
+    let slm_row = table
+        .split("**Against standard HLM**")
+        .nth(1)
+        .and_then(|t| t.lines().find(|l| l.starts_with("| slm |")))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        slm_row.contains("**-100.0 pp [-100.0 pp, -100.0 pp]**"),
+        "{slm_row}"
+    );
+    assert!(table.contains("| slm | 2 × 3 |"), "{table}");
+    // hlm report recomputes the same table from the runs alone.
+    std::fs::remove_file(out.join("table.md")).expect("rm");
+    let o = hlm(&["report", &out.to_string_lossy()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(out.join("table.md")).expect("again"),
+        table
+    );
+}
+
+/// `--humaneval`: each completion runs with its problem's tests, pass@1 enters the table. The
+/// tiny fixtures have no tokenizer, so completions are empty: the problem of the first prompt
+/// is complete without one and passes, the second's fails (whatever a method generates).
+#[test]
+fn bench_runs_humaneval_tests_on_completions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (base, prompts) = bench_fixture(dir.path());
+    let problems = dir.path().join("HumanEval.jsonl");
+    let problem = |id: &str, body: &str| {
+        serde_json::json!({
+            "task_id": id,
+            "prompt": format!("def f(x):\n{body}"),
+            "test": "def check(candidate):\n    assert candidate(2) == 4\n",
+            "entry_point": "f",
+        })
+        .to_string()
+    };
+    std::fs::write(
+        &problems,
+        format!(
+            "{}\n{}\n",
+            problem("line-1", "    return 2 * x\n"),
+            problem("line-2", "    return x\n")
+        ),
+    )
+    .expect("write");
+    let out = dir.path().join("out");
+    let args = |problems: &Path| {
+        vec![
+            "bench".to_string(),
+            "-c".into(),
+            base.to_string_lossy().into_owned(),
+            "--prompts".into(),
+            prompts.to_string_lossy().into_owned(),
+            "--methods".into(),
+            "hlm,random".into(),
+            "--no-bertscore".into(),
+            "--no-likelihood".into(),
+            "-n".into(),
+            "4".into(),
+            "--humaneval".into(),
+            problems.to_string_lossy().into_owned(),
+            "-o".into(),
+            out.to_string_lossy().into_owned(),
+        ]
+    };
+    let a = args(&problems);
+    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
+            .expect("JSON");
+    for r in v["results"].as_array().expect("results") {
+        assert_eq!(r["passed"], r["prompt"] == "line-1", "{r}");
+        assert!(r["target_nll"].is_null(), "--no-likelihood: {r}");
+    }
+    for s in v["summary"].as_array().expect("summary") {
+        assert_eq!(s["pass_at_1"], 0.5, "{s}");
+    }
+    let table = std::fs::read_to_string(out.join("table.md")).expect("table");
+    assert!(
+        table.contains("| pass@1 |") && table.contains("| 50.0 % ["),
+        "{table}"
+    );
+    // Problems that match no prompt, or a file that is not HumanEval's, are refused.
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, format!("{}\n", problem("HumanEval/0", ""))).expect("write");
+    let a = args(&other);
+    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_fails_naming(&o, "HumanEval task id");
+    std::fs::write(&other, "{\"task_id\": \"line-1\"}\n").expect("write");
+    let a = args(&other);
+    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_fails_naming(&o, "entry_point");
 }
 
 /// `--sweep` over a key of one method: that method runs at every point, the others once.

@@ -3,7 +3,8 @@
 //!
 //! - `saving_vs_quality`: energy saving vs standard HLM against BERTScore F1 (or exact token
 //!   agreement when BERTScore was not computed), one point per method and sweep point: the
-//!   trade-off, with each method's Pareto front drawn as a line;
+//!   trade-off, with each method's Pareto front drawn as a line and each point's 95 %
+//!   intervals (quality and saving) as error bars; `throughput_vs_quality` likewise;
 //! - for sweeps, `upload_rate`, `tokens_per_s`, `energy_saving` and `quality` against the first
 //!   swept key, one line per method (upload rate vs threshold, throughput vs link quality).
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use crate::bench::MethodSummary;
+use crate::metrics::Metric;
 
 /// Why a plot could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,15 @@ pub struct Series {
     pub joined: bool,
     /// Draw the points as markers (a fitted line may want none).
     pub markers: bool,
+    /// 95 % intervals of each point, drawn as error bars (empty: none; else one a point).
+    pub intervals: Vec<Intervals>,
+}
+
+/// A point's intervals along each axis.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Intervals {
+    pub x: Option<(f64, f64)>,
+    pub y: Option<(f64, f64)>,
 }
 
 impl Series {
@@ -44,7 +55,22 @@ impl Series {
             points,
             joined,
             markers: true,
+            intervals: Vec::new(),
         }
+    }
+
+    /// Every value the plot must show: the points and their intervals' ends.
+    fn extent(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        let ends = self
+            .intervals
+            .iter()
+            .zip(&self.points)
+            .flat_map(|(i, &(x, y))| {
+                let (x0, x1) = i.x.unwrap_or((x, x));
+                let (y0, y1) = i.y.unwrap_or((y, y));
+                [(x0, y0), (x1, y1)]
+            });
+        self.points.iter().copied().chain(ends)
     }
 }
 
@@ -96,8 +122,8 @@ pub fn draw(
     {
         let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| fail(&e))?;
-        let xs = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-        let ys = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+        let xs = range(series.iter().flat_map(|s| s.extent().map(|p| p.0)));
+        let ys = range(series.iter().flat_map(|s| s.extent().map(|p| p.1)));
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(12)
@@ -123,6 +149,23 @@ pub fn draw(
                     line.label(s.name.clone()).legend(move |(x, y)| {
                         PathElement::new(vec![(x - 6, y), (x + 6, y)], colour.stroke_width(2))
                     });
+                }
+            }
+            for (&(x, y), i) in s.points.iter().zip(&s.intervals) {
+                let style = colour.mix(0.6).stroke_width(1);
+                if let Some((lo, hi)) = i.x {
+                    chart
+                        .draw_series(std::iter::once(ErrorBar::new_horizontal(
+                            y, lo, x, hi, style, 6,
+                        )))
+                        .map_err(|e| fail(&e))?;
+                }
+                if let Some((lo, hi)) = i.y {
+                    chart
+                        .draw_series(std::iter::once(ErrorBar::new_vertical(
+                            x, lo, y, hi, style, 6,
+                        )))
+                        .map_err(|e| fail(&e))?;
                 }
             }
             if s.markers {
@@ -180,7 +223,7 @@ fn write_png(svg: &str, path: &Path) -> Result<(), PlotError> {
 }
 
 /// A method's (x, y) at one benchmark point, if it has both.
-type PointOf<'f> = dyn Fn(&MethodSummary, &Point) -> Option<(f64, f64)> + 'f;
+type PointOf<'f> = dyn Fn(&MethodSummary, &Point) -> Option<((f64, f64), Intervals)> + 'f;
 /// One metric of a method summary.
 type MetricOf<'f> = dyn Fn(&MethodSummary) -> Option<f64> + 'f;
 
@@ -198,51 +241,72 @@ pub fn bench_plots(dir: &Path, points: &[Point<'_>]) -> Result<Vec<PathBuf>, Plo
             m.token_agreement
         }
     };
-    let quality_name = if use_bertscore {
-        "BERTScore F1 vs LLM-only output"
+    let quality_metric = if use_bertscore {
+        Metric::BertscoreF1
     } else {
-        "token agreement with LLM-only output"
+        Metric::TokenAgreement
     };
+    let quality_name = if use_bertscore {
+        "BERTScore F1 (against LLM-only samples or dataset references)"
+    } else {
+        "token agreement with the same-seed LLM-only output"
+    };
+    let interval =
+        |m: &MethodSummary, metric: Metric| m.intervals.get(&metric).map(|i| (i.low, i.high));
     let methods: Vec<&str> = first.summary.iter().map(|m| m.method.as_str()).collect();
     let per_method = |f: &PointOf| -> Vec<Series> {
         methods
             .iter()
             .map(|name| {
-                Series::new(
-                    *name,
-                    points
-                        .iter()
-                        .filter_map(|p| {
-                            p.summary
-                                .iter()
-                                .find(|m| m.method == *name)
-                                .and_then(|m| f(m, p))
-                        })
-                        .collect(),
-                    points.len() > 1,
-                )
+                let (pts, intervals): (Vec<_>, Vec<_>) = points
+                    .iter()
+                    .filter_map(|p| {
+                        p.summary
+                            .iter()
+                            .find(|m| m.method == *name)
+                            .and_then(|m| f(m, p))
+                    })
+                    .unzip();
+                Series {
+                    intervals,
+                    ..Series::new(*name, pts, points.len() > 1)
+                }
             })
             .filter(|s| !s.points.is_empty())
             .collect()
     };
     // Quality against the papers' two headlines: energy saving, and token throughput
     // (modelled: device, link and server time).
-    let tradeoffs: [(&str, &str, &str, &MetricOf); 2] = [
+    type WithInterval<'f> = dyn Fn(&MethodSummary) -> Option<(f64, Option<(f64, f64)>)> + 'f;
+    let tradeoffs: [(&str, &str, &str, &WithInterval); 2] = [
         (
             "saving_vs_quality",
             "Energy saving vs quality",
             "energy saving vs standard HLM",
-            &|m| m.energy_saving_vs_hlm,
+            &|m| {
+                let i = m.energy_saving_interval.map(|i| (i.low, i.high));
+                Some((m.energy_saving_vs_hlm?, i))
+            },
         ),
         (
             "throughput_vs_quality",
             "Token throughput vs quality",
             "generated tokens per modelled second",
-            &|m| Some(m.modelled_tokens_per_s),
+            &|m| {
+                let i = interval(m, Metric::ModelledTokensPerS);
+                Some((m.modelled_tokens_per_s, i))
+            },
         ),
     ];
     for (file, title, y_label, metric) in tradeoffs {
-        let series = per_method(&|m, _| Some((quality(m)?, metric(m)?)));
+        let series = per_method(&|m, _| {
+            let (y, y_interval) = metric(m)?;
+            let intervals = Intervals {
+                x: interval(m, quality_metric),
+                y: y_interval,
+            };
+            Some(((quality(m)?, y), intervals))
+        });
         if !series.is_empty() {
             written.extend(draw(
                 &dir.join(file),
@@ -268,7 +332,7 @@ pub fn bench_plots(dir: &Path, points: &[Point<'_>]) -> Result<Vec<PathBuf>, Plo
             ("quality", quality_name, &|m| quality(m)),
         ];
         for (file, y_desc, f) in curves {
-            let series = per_method(&|m, p| Some((x(p)?, f(m)?)));
+            let series = per_method(&|m, p| Some(((x(p)?, f(m)?), Intervals::default())));
             if !series.is_empty() {
                 written.extend(draw(
                     &dir.join(file),
@@ -288,18 +352,23 @@ pub fn bench_plots(dir: &Path, points: &[Point<'_>]) -> Result<Vec<PathBuf>, Plo
 pub fn pareto_fronts(series: &[Series]) -> Vec<Series> {
     series
         .iter()
-        .map(|s| Series {
-            points: s
-                .points
-                .iter()
-                .copied()
-                .filter(|&(q, e)| {
+        .map(|s| {
+            let kept: Vec<usize> = (0..s.points.len())
+                .filter(|&i| {
+                    let (q, e) = s.points[i];
                     !s.points
                         .iter()
                         .any(|&(q2, e2)| q2 >= q && e2 >= e && (q2 > q || e2 > e))
                 })
-                .collect(),
-            ..s.clone()
+                .collect();
+            Series {
+                points: kept.iter().map(|&i| s.points[i]).collect(),
+                intervals: kept
+                    .iter()
+                    .filter_map(|&i| s.intervals.get(i).copied())
+                    .collect(),
+                ..s.clone()
+            }
         })
         .collect()
 }
