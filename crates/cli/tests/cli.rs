@@ -564,26 +564,72 @@ fn bench_fixture(dir: &Path) -> (PathBuf, PathBuf) {
     (base, prompts)
 }
 
+/// `hlm bench -c BASE --prompts PROMPTS --methods METHODS --no-bertscore -o OUT EXTRA...` on
+/// the fixtures of [`bench_fixture`].
+fn bench_on_fixture(
+    (base, prompts): &(PathBuf, PathBuf),
+    out: &Path,
+    methods: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let (base, prompts, out) = (
+        base.to_string_lossy(),
+        prompts.to_string_lossy(),
+        out.to_string_lossy(),
+    );
+    let mut args = vec![
+        "bench",
+        "-c",
+        &base,
+        "--prompts",
+        &prompts,
+        "--methods",
+        methods,
+        "--no-bertscore",
+        "-o",
+        &out,
+    ];
+    args.extend_from_slice(extra);
+    hlm(&args)
+}
+
+/// Parameters checked when the models are built (a codec against the vocabulary, a model
+/// spec) are named by their full dotted paths too.
+#[test]
+fn build_time_parameter_errors_name_the_full_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "type = \"always\"",
+        "type = \"top_k\"\nk = 100000\nbits = 8",
+    );
+    let cfg = cfg.to_string_lossy();
+    let run_with = |set: &[&str]| {
+        let mut args = vec!["run", "-c", &cfg, "--prompt-ids", "1,5"];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        hlm(&args)
+    };
+    assert_fails_naming(&run_with(&[]), "`codec.k` = 100000");
+    for (set, key) in [
+        (
+            "verifier.model.prefill_chunk=0",
+            "`verifier.model.prefill_chunk` = 0",
+        ),
+        ("draft.prefill_chunk=0", "`draft.prefill_chunk` = 0"),
+    ] {
+        assert_fails_naming(&run_with(&["codec.k=4", set]), key);
+    }
+}
+
 /// `hlm bench` on the tiny fixtures: four methods, two prompts, the files and the table.
 #[test]
 fn bench_runs_every_method_on_every_prompt() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (base, prompts) = bench_fixture(dir.path());
+    let fixture = bench_fixture(dir.path());
     let out = dir.path().join("out");
-    let o = hlm(&[
-        "bench",
-        "-c",
-        &base.to_string_lossy(),
-        "--prompts",
-        &prompts.to_string_lossy(),
-        "--methods",
-        "slm,llm,hlm,random",
-        "--no-bertscore",
-        "-n",
-        "8",
-        "-o",
-        &out.to_string_lossy(),
-    ]);
+    let o = bench_on_fixture(&fixture, &out, "slm,llm,hlm,random", &["-n", "8"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = std::fs::read_to_string(out.join("table.md")).expect("table.md");
     let main_table = table.split("\n\n").next().expect("main table");
@@ -651,16 +697,7 @@ fn bench_runs_every_method_on_every_prompt() {
     let o = hlm(&["report", &dir.path().to_string_lossy()]);
     assert_fails_naming(&o, "results.json");
     // An unknown method names the file it looked for.
-    let o = hlm(&[
-        "bench",
-        "-c",
-        &base.to_string_lossy(),
-        "--prompts",
-        &prompts.to_string_lossy(),
-        "--methods",
-        "nope",
-        "--no-bertscore",
-    ]);
+    let o = bench_on_fixture(&fixture, &out, "nope", &[]);
     assert_fails_naming(&o, "nope.toml");
 }
 
@@ -671,26 +708,14 @@ fn bench_runs_every_method_on_every_prompt() {
 #[test]
 fn bench_with_seeds_gives_intervals_likelihoods_and_paired_differences() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (base, prompts) = bench_fixture(dir.path());
+    let fixture = bench_fixture(dir.path());
     let out = dir.path().join("out");
-    let o = hlm(&[
-        "bench",
-        "-c",
-        &base.to_string_lossy(),
-        "--prompts",
-        &prompts.to_string_lossy(),
-        "--methods",
+    let o = bench_on_fixture(
+        &fixture,
+        &out,
         "slm,llm,hlm,random",
-        "--no-bertscore",
-        "--seeds",
-        "3",
-        "-n",
-        "8",
-        "-t",
-        "1",
-        "-o",
-        &out.to_string_lossy(),
-    ]);
+        &["--seeds", "3", "-n", "8", "-t", "1"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
@@ -781,7 +806,7 @@ fn bench_with_seeds_gives_intervals_likelihoods_and_paired_differences() {
 #[test]
 fn bench_runs_humaneval_tests_on_completions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (base, prompts) = bench_fixture(dir.path());
+    let fixture = bench_fixture(dir.path());
     let problems = dir.path().join("HumanEval.jsonl");
     let problem = |id: &str, body: &str| {
         serde_json::json!({
@@ -802,27 +827,12 @@ fn bench_runs_humaneval_tests_on_completions() {
     )
     .expect("write");
     let out = dir.path().join("out");
-    let args = |problems: &Path| {
-        vec![
-            "bench".to_string(),
-            "-c".into(),
-            base.to_string_lossy().into_owned(),
-            "--prompts".into(),
-            prompts.to_string_lossy().into_owned(),
-            "--methods".into(),
-            "hlm,random".into(),
-            "--no-bertscore".into(),
-            "--no-likelihood".into(),
-            "-n".into(),
-            "4".into(),
-            "--humaneval".into(),
-            problems.to_string_lossy().into_owned(),
-            "-o".into(),
-            out.to_string_lossy().into_owned(),
-        ]
+    let run = |problems: &Path| {
+        let problems = problems.to_string_lossy();
+        let extra = ["--no-likelihood", "-n", "4", "--humaneval", &problems];
+        bench_on_fixture(&fixture, &out, "hlm,random", &extra)
     };
-    let a = args(&problems);
-    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&problems);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
@@ -842,12 +852,10 @@ fn bench_runs_humaneval_tests_on_completions() {
     // Problems that match no prompt, or a file that is not HumanEval's, are refused.
     let other = dir.path().join("other.jsonl");
     std::fs::write(&other, format!("{}\n", problem("HumanEval/0", ""))).expect("write");
-    let a = args(&other);
-    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&other);
     assert_fails_naming(&o, "HumanEval task id");
     std::fs::write(&other, "{\"task_id\": \"line-1\"}\n").expect("write");
-    let a = args(&other);
-    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&other);
     assert_fails_naming(&o, "entry_point");
 }
 
@@ -855,28 +863,17 @@ fn bench_runs_humaneval_tests_on_completions() {
 #[test]
 fn bench_sweeps_a_method_knob() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (base, prompts) = bench_fixture(dir.path());
+    let fixture = bench_fixture(dir.path());
     let out = dir.path().join("sweep");
-    let args = |sweep: &str| {
-        vec![
-            "bench".to_string(),
-            "-c".into(),
-            base.to_string_lossy().into_owned(),
-            "--prompts".into(),
-            prompts.to_string_lossy().into_owned(),
-            "--methods".into(),
-            "hlm,random".into(),
-            "--no-bertscore".into(),
-            "-n".into(),
-            "12".into(),
-            "-o".into(),
-            out.to_string_lossy().into_owned(),
-            "--sweep".into(),
-            sweep.into(),
-        ]
+    let sweep = |sweep: &str| {
+        bench_on_fixture(
+            &fixture,
+            &out,
+            "hlm,random",
+            &["-n", "12", "--sweep", sweep],
+        )
     };
-    let a = args("upload.skip_rate=0.0:1.0:0.5");
-    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = sweep("upload.skip_rate=0.0:1.0:0.5");
     assert!(o.status.success(), "{}", stderr(&o));
     let csv = std::fs::read_to_string(out.join("sweep.csv")).expect("sweep.csv");
     let rows: Vec<Vec<&str>> = csv
@@ -919,10 +916,6 @@ fn bench_sweeps_a_method_knob() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join("sweep.csv").is_file());
     // A key no config has, and a malformed range, are named.
-    let a = args("upload.nothing=0:1:1");
-    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_fails_naming(&o, "upload.nothing");
-    let a = args("upload.skip_rate=1:0:0.5");
-    let o = hlm(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_fails_naming(&o, "START:STOP:STEP");
+    assert_fails_naming(&sweep("upload.nothing=0:1:1"), "upload.nothing");
+    assert_fails_naming(&sweep("upload.skip_rate=1:0:0.5"), "START:STOP:STEP");
 }

@@ -199,6 +199,52 @@ fn impossible_values_name_key_and_rule() {
     assert_contains(&m, &["generation.max_new_tokens"]);
 }
 
+/// A nested component names its own keys and whoever holds it adds the path, so every error
+/// names the key as a user writes it with `--set`.
+#[test]
+fn nested_parameters_are_named_by_their_full_dotted_path() {
+    let filter = format!(
+        "{MINIMAL}[verifier]\ntype = \"local\"\n[verifier.model]\ntype = \"transformer\"\nmodel = \"x\"\n\
+         [upload]\ntype = \"token_filter\"\n[upload.uncertainty.estimator]\ntype = \"entropy\"\n\
+         [upload.uncertainty.threshold]\ntype = \"fixed\"\nvalue = 0.5\n\
+         [upload.importance.scorer]\ntype = \"attention\"\n\
+         [upload.importance.threshold]\ntype = \"mean_std\"\nlambda = 1.0\n\
+         [codec]\ntype = \"dense\"\n\
+         [link]\ntype = \"fixed_rate\"\nuplink_bps = 1e6\ndownlink_bps = 1e7\n\
+         [energy]\ntype = \"analytic\"\n"
+    );
+    for (set, key) in [
+        (
+            "upload.importance.threshold.lambda=nan",
+            "`upload.importance.threshold.lambda`",
+        ),
+        (
+            "upload.uncertainty.threshold.value=inf",
+            "`upload.uncertainty.threshold.value`",
+        ),
+        ("link.uplink_bps=0", "`link.uplink_bps`"),
+        ("link.latency_s=-1", "`link.latency_s`"),
+        ("energy.uplink_tx_power_w=-1", "`energy.uplink_tx_power_w`"),
+        (
+            "speculation.residual={ type = \"top_k\", k = 0, bits = 8 }",
+            "`speculation.residual.k`",
+        ),
+    ] {
+        let m = error_of(&filter, &[set]);
+        assert_contains(&m, &[key]);
+    }
+    let m = error_of(
+        &format!("{MINIMAL}[upload]\ntype = \"random\"\nskip_rate = 2\n"),
+        &[],
+    );
+    assert_contains(&m, &["`upload.skip_rate` = 2", "probability in [0, 1]"]);
+    let m = error_of(
+        &format!("{MINIMAL}[upload]\ntype = \"token_filter\"\n"),
+        &[],
+    );
+    assert_contains(&m, &["`upload.uncertainty`", "importance"]);
+}
+
 #[test]
 fn hybrid_pipeline_needs_upload_and_codec() {
     let both = format!(

@@ -226,40 +226,28 @@ impl ComputeSide {
     }
 
     fn validate(&self, side: &str) -> Result<()> {
-        non_negative(&format!("energy.{side}.power_w"), self.power_w)?;
+        non_negative(&format!("{side}.power_w"), self.power_w)?;
         match self.time {
             ComputeTime::Measured => {}
             ComputeTime::PerToken {
                 seconds_per_token,
                 seconds_per_pass,
             } => {
-                non_negative(
-                    &format!("energy.{side}.time.seconds_per_token"),
-                    seconds_per_token,
-                )?;
-                non_negative(
-                    &format!("energy.{side}.time.seconds_per_pass"),
-                    seconds_per_pass,
-                )?;
+                non_negative(&format!("{side}.time.seconds_per_token"), seconds_per_token)?;
+                non_negative(&format!("{side}.time.seconds_per_pass"), seconds_per_pass)?;
             }
             ComputeTime::Flops {
                 flops_per_token,
                 flops_per_s,
                 seconds_per_pass,
             } => {
-                non_negative(
-                    &format!("energy.{side}.time.seconds_per_pass"),
-                    seconds_per_pass,
-                )?;
-                positive(
-                    &format!("energy.{side}.time.flops_per_token"),
-                    flops_per_token,
-                )?;
-                positive(&format!("energy.{side}.time.flops_per_s"), flops_per_s)?;
+                non_negative(&format!("{side}.time.seconds_per_pass"), seconds_per_pass)?;
+                positive(&format!("{side}.time.flops_per_token"), flops_per_token)?;
+                positive(&format!("{side}.time.flops_per_s"), flops_per_s)?;
             }
         }
         if let Some(j) = self.joules_per_flop {
-            let key = format!("energy.{side}.joules_per_flop");
+            let key = format!("{side}.joules_per_flop");
             non_negative(&key, j)?;
             if !matches!(self.time, ComputeTime::Flops { .. }) {
                 return Err(HlmError::invalid(
@@ -363,8 +351,8 @@ impl EnergyModel for AnalyticEnergy {
     fn validate(&self) -> Result<()> {
         self.device.validate("device")?;
         self.server.validate("server")?;
-        non_negative("energy.uplink_tx_power_w", self.uplink_tx_power_w)?;
-        non_negative("energy.downlink_rx_power_w", self.downlink_rx_power_w)
+        non_negative("uplink_tx_power_w", self.uplink_tx_power_w)?;
+        non_negative("downlink_rx_power_w", self.downlink_rx_power_w)
     }
 }
 
@@ -523,7 +511,7 @@ mod tests {
         let e = parse("type = \"analytic\"\n[server]\ntime = { seconds_per_pass = -1.0 }")
             .and_then(|m| m.validate().map_err(|e| e.to_string()))
             .unwrap_err();
-        assert!(e.contains("energy.server.time.seconds_per_pass"), "{e}");
+        assert!(e.contains("server.time.seconds_per_pass"), "{e}");
     }
 
     #[test]
@@ -535,21 +523,21 @@ mod tests {
                     uplink_tx_power_w: -1.0,
                     ..base.clone()
                 },
-                "energy.uplink_tx_power_w",
+                "uplink_tx_power_w",
             ),
             (
                 AnalyticEnergy {
                     downlink_rx_power_w: f64::NAN,
                     ..base.clone()
                 },
-                "energy.downlink_rx_power_w",
+                "downlink_rx_power_w",
             ),
             (
                 AnalyticEnergy {
                     device: ComputeSide::measured(-5.0),
                     ..base.clone()
                 },
-                "energy.device.power_w",
+                "device.power_w",
             ),
             (
                 AnalyticEnergy {
@@ -563,7 +551,7 @@ mod tests {
                     },
                     ..base.clone()
                 },
-                "energy.server.time.flops_per_s",
+                "server.time.flops_per_s",
             ),
             (
                 AnalyticEnergy {
@@ -576,7 +564,7 @@ mod tests {
                     },
                     ..base.clone()
                 },
-                "energy.device.time.seconds_per_token",
+                "device.time.seconds_per_token",
             ),
             (
                 AnalyticEnergy {
@@ -586,7 +574,7 @@ mod tests {
                     },
                     ..base.clone()
                 },
-                "energy.device.joules_per_flop",
+                "device.joules_per_flop",
             ),
         ];
         for (m, key) in cases {

@@ -37,9 +37,9 @@ impl LinkModel for FixedRateLink {
     }
 
     fn validate(&self) -> Result<()> {
-        positive("link.uplink_bps", self.uplink_bps)?;
-        positive("link.downlink_bps", self.downlink_bps)?;
-        non_negative("link.latency_s", self.latency_s)
+        positive("uplink_bps", self.uplink_bps)?;
+        positive("downlink_bps", self.downlink_bps)?;
+        non_negative("latency_s", self.latency_s)
     }
 
     fn fresh(&self) -> Box<dyn LinkModel> {
@@ -83,7 +83,7 @@ mod tests {
         .validate()
         .unwrap_err()
         .to_string();
-        assert!(e.contains("`link.uplink_bps`"), "{e}");
+        assert!(e.contains("`uplink_bps`"), "{e}");
         let e = FixedRateLink {
             uplink_bps: 1.0,
             downlink_bps: 1.0,
@@ -92,7 +92,7 @@ mod tests {
         .validate()
         .unwrap_err()
         .to_string();
-        assert!(e.contains("`link.latency_s`"), "{e}");
+        assert!(e.contains("`latency_s`"), "{e}");
         let l: Box<dyn LinkModel> =
             toml::from_str("type = \"fixed_rate\"\nuplink_bps = 1e6\ndownlink_bps = 2e6").unwrap();
         l.validate().unwrap();

@@ -125,7 +125,7 @@ impl ShannonLink {
             (Some(g), None) => {
                 if self.path_loss_exponent.is_some() || self.reference_gain_db.is_some() {
                     return Err(HlmError::invalid(
-                        "link.gain_db",
+                        "gain_db",
                         g,
                         "`path_loss_exponent` and `reference_gain_db` only apply with `distance_m`; \
                          remove them or replace `gain_db` by `distance_m`",
@@ -141,12 +141,12 @@ impl ShannonLink {
                 Ok(g0 - 10.0 * n * d.log10())
             }
             (Some(g), Some(_)) => Err(HlmError::invalid(
-                "link.gain_db",
+                "gain_db",
                 g,
                 "set either `gain_db` (fixed gain) or `distance_m` (path loss), not both",
             )),
             (None, None) => Err(HlmError::invalid(
-                "link.gain_db",
+                "gain_db",
                 "(unset)",
                 "set either `gain_db` (fixed gain in dB) or `distance_m` (log-distance path loss)",
             )),
@@ -236,45 +236,41 @@ impl LinkModel for ShannonLink {
     }
 
     fn validate(&self) -> Result<()> {
-        positive("link.bandwidth_hz", self.bandwidth_hz)?;
-        positive("link.uplink_tx_power_w", self.uplink_tx_power_w)?;
-        positive("link.downlink_tx_power_w", self.downlink_tx_power_w)?;
-        finite("link.noise_psd_dbm_per_hz", self.noise_psd_dbm_per_hz)?;
+        positive("bandwidth_hz", self.bandwidth_hz)?;
+        positive("uplink_tx_power_w", self.uplink_tx_power_w)?;
+        positive("downlink_tx_power_w", self.downlink_tx_power_w)?;
+        finite("noise_psd_dbm_per_hz", self.noise_psd_dbm_per_hz)?;
         if let Some(g) = self.gain_db {
-            finite("link.gain_db", g)?;
+            finite("gain_db", g)?;
         }
         if let Some(d) = self.distance_m
             && !(d.is_finite() && d >= 1.0)
         {
             return Err(HlmError::invalid(
-                "link.distance_m",
+                "distance_m",
                 d,
                 "must be a finite distance >= 1 m (the path loss is referenced at 1 m)",
             ));
         }
         if let Some(n) = self.path_loss_exponent {
-            positive("link.path_loss_exponent", n)?;
+            positive("path_loss_exponent", n)?;
         }
         if let Some(g0) = self.reference_gain_db {
-            finite("link.reference_gain_db", g0)?;
+            finite("reference_gain_db", g0)?;
         }
         self.channel_gain_db()?;
-        non_negative("link.latency_s", self.latency_s)?;
+        non_negative("latency_s", self.latency_s)?;
         if self.coherence_messages == 0 {
             return Err(HlmError::invalid(
-                "link.coherence_messages",
+                "coherence_messages",
                 0,
                 "must be >= 1 message",
             ));
         }
-        non_negative("link.outage_rate_bps", self.outage_rate_bps)?;
-        non_negative("link.retry_slot_s", self.retry_slot_s)?;
+        non_negative("outage_rate_bps", self.outage_rate_bps)?;
+        non_negative("retry_slot_s", self.retry_slot_s)?;
         if self.max_attempts == 0 {
-            return Err(HlmError::invalid(
-                "link.max_attempts",
-                0,
-                "must be >= 1 attempt",
-            ));
+            return Err(HlmError::invalid("max_attempts", 0, "must be >= 1 attempt"));
         }
         // Without fading every retry sees the same rate: a rate below the floor would make every
         // message an outage, which is a configuration mistake rather than a channel condition.
@@ -283,7 +279,7 @@ impl LinkModel for ShannonLink {
                 let r = self.rate_at_snr(self.mean_snr(dir)?);
                 if r < self.outage_rate_bps {
                     return Err(HlmError::invalid(
-                        "link.outage_rate_bps",
+                        "outage_rate_bps",
                         self.outage_rate_bps,
                         format!(
                             "above the {dir:?} rate {r:.4e} bit/s of a channel without fading: \
@@ -392,10 +388,7 @@ mod tests {
     #[test]
     fn gain_must_be_given_exactly_once() {
         let e = ShannonLink::default().validate().unwrap_err().to_string();
-        assert!(
-            e.contains("`link.gain_db`") && e.contains("distance_m"),
-            "{e}"
-        );
+        assert!(e.contains("`gain_db`") && e.contains("distance_m"), "{e}");
         let both = ShannonLink {
             gain_db: Some(-90.0),
             distance_m: Some(10.0),
@@ -420,56 +413,56 @@ mod tests {
                     bandwidth_hz: 0.0,
                     ..snr_1000()
                 },
-                "link.bandwidth_hz",
+                "bandwidth_hz",
             ),
             (
                 ShannonLink {
                     uplink_tx_power_w: -1.0,
                     ..snr_1000()
                 },
-                "link.uplink_tx_power_w",
+                "uplink_tx_power_w",
             ),
             (
                 ShannonLink {
                     downlink_tx_power_w: f64::NAN,
                     ..snr_1000()
                 },
-                "link.downlink_tx_power_w",
+                "downlink_tx_power_w",
             ),
             (
                 ShannonLink {
                     noise_psd_dbm_per_hz: f64::INFINITY,
                     ..snr_1000()
                 },
-                "link.noise_psd_dbm_per_hz",
+                "noise_psd_dbm_per_hz",
             ),
             (
                 ShannonLink {
                     latency_s: -0.1,
                     ..snr_1000()
                 },
-                "link.latency_s",
+                "latency_s",
             ),
             (
                 ShannonLink {
                     coherence_messages: 0,
                     ..snr_1000()
                 },
-                "link.coherence_messages",
+                "coherence_messages",
             ),
             (
                 ShannonLink {
                     max_attempts: 0,
                     ..snr_1000()
                 },
-                "link.max_attempts",
+                "max_attempts",
             ),
             (
                 ShannonLink {
                     retry_slot_s: -1.0,
                     ..snr_1000()
                 },
-                "link.retry_slot_s",
+                "retry_slot_s",
             ),
             (
                 ShannonLink {
@@ -477,7 +470,7 @@ mod tests {
                     distance_m: Some(0.5),
                     ..snr_1000()
                 },
-                "link.distance_m",
+                "distance_m",
             ),
             (
                 ShannonLink {
@@ -486,7 +479,7 @@ mod tests {
                     path_loss_exponent: Some(0.0),
                     ..snr_1000()
                 },
-                "link.path_loss_exponent",
+                "path_loss_exponent",
             ),
             // No fading: 100 Mbit/s floor above the 99.67 Mbit/s uplink rate → permanent outage.
             (
@@ -494,7 +487,7 @@ mod tests {
                     outage_rate_bps: 100e6,
                     ..snr_1000()
                 },
-                "link.outage_rate_bps",
+                "outage_rate_bps",
             ),
         ];
         for (l, key) in cases {

@@ -86,7 +86,7 @@ impl Trace {
     /// Parse CSV `text`; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Trace> {
         let err = |line: usize, msg: String| {
-            HlmError::invalid("link.path", path.display(), format!("line {line}: {msg}"))
+            HlmError::invalid("path", path.display(), format!("line {line}: {msg}"))
         };
         let mut rows = text
             .trim_start_matches('\u{feff}')
@@ -96,7 +96,7 @@ impl Trace {
             .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
         let Some((hline, header)) = rows.next() else {
             return Err(HlmError::invalid(
-                "link.path",
+                "path",
                 path.display(),
                 "the trace file is empty",
             ));
@@ -162,7 +162,7 @@ impl Trace {
         }
         if t.time_s.len() < 2 {
             return Err(HlmError::invalid(
-                "link.path",
+                "path",
                 path.display(),
                 format!("{} data rows; a trace needs at least 2", t.time_s.len()),
             ));
@@ -220,7 +220,7 @@ impl LinkModel for TraceLink {
     }
 
     fn validate(&self) -> Result<()> {
-        non_negative("link.latency_s", self.latency_s)?;
+        non_negative("latency_s", self.latency_s)?;
         self.trace().map(|_| ())
     }
 
@@ -336,7 +336,7 @@ mod tests {
         for (text, want) in cases {
             let e = parse(text).unwrap_err().to_string();
             assert!(
-                e.contains("`link.path` = t.csv") && e.contains(want),
+                e.contains("`path` = t.csv") && e.contains(want),
                 "{want}: {e}"
             );
         }
@@ -390,6 +390,6 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`link.latency_s`"), "{e}");
+        assert!(e.contains("`latency_s`"), "{e}");
     }
 }

@@ -1,6 +1,4 @@
-//! Decibel conversions and the parameter checks every model shares.
-
-use hlm_core::{HlmError, Result};
+//! Decibel conversions (the parameter checks are hlm-core's [`hlm_core::validate`]).
 
 /// A power ratio in dB to a linear ratio: 10^(dB/10).
 pub fn db_to_linear(db: f64) -> f64 {
@@ -17,32 +15,7 @@ pub fn dbm_to_watts(dbm: f64) -> f64 {
     1e-3 * db_to_linear(dbm)
 }
 
-/// Reject NaN and ±∞ (a TOML file can spell them: `nan`, `inf`).
-pub(crate) fn finite(key: &str, v: f64) -> Result<()> {
-    if v.is_finite() {
-        Ok(())
-    } else {
-        Err(HlmError::invalid(key, v, "must be a finite number"))
-    }
-}
-
-/// A finite number > 0 (rates, bandwidths, powers that divide or feed a logarithm).
-pub(crate) fn positive(key: &str, v: f64) -> Result<()> {
-    if v.is_finite() && v > 0.0 {
-        Ok(())
-    } else {
-        Err(HlmError::invalid(key, v, "must be a finite number > 0"))
-    }
-}
-
-/// A finite number ≥ 0 (latencies, powers that may be switched off).
-pub(crate) fn non_negative(key: &str, v: f64) -> Result<()> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(())
-    } else {
-        Err(HlmError::invalid(key, v, "must be a finite number >= 0"))
-    }
-}
+pub(crate) use hlm_core::validate::{finite, non_negative, positive};
 
 #[cfg(test)]
 mod tests {

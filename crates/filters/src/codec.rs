@@ -70,7 +70,7 @@ impl UploadCodec for TopKCodec {
         quantization(self.bits)?;
         if self.k == 0 || self.k > vocab {
             return Err(HlmError::invalid(
-                "codec.k",
+                "k",
                 self.k,
                 format!("must be in 1..={vocab}"),
             ));
@@ -172,7 +172,7 @@ impl UploadCodec for AdaptiveTopK {
         quantization(self.bits)?;
         if !(self.theta.is_finite() && self.theta > 0.0) {
             return Err(HlmError::invalid(
-                "codec.theta",
+                "theta",
                 self.theta,
                 "the TV budget must be > 0",
             ));
@@ -181,7 +181,7 @@ impl UploadCodec for AdaptiveTopK {
             && (k == 0 || k > vocab)
         {
             return Err(HlmError::invalid(
-                "codec.max_k",
+                "max_k",
                 k,
                 format!("must be in 1..={vocab}"),
             ));

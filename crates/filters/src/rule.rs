@@ -2,7 +2,7 @@
 
 use hlm_core::{
     HlmError, ImportanceScorer, LayerSelection, Result, ThresholdPolicy, TokenView,
-    UncertaintyEstimator, UploadDecision, UploadRule,
+    UncertaintyEstimator, UploadDecision, UploadRule, validate,
 };
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -45,14 +45,7 @@ impl UploadRule for RandomSkip {
         Ok(UploadDecision::plain(rng.random::<f64>() >= self.skip_rate))
     }
     fn validate(&self) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.skip_rate) {
-            return Err(HlmError::invalid(
-                "upload.skip_rate",
-                self.skip_rate,
-                "a probability in [0, 1]",
-            ));
-        }
-        Ok(())
+        validate::probability("skip_rate", self.skip_rate)
     }
 }
 
@@ -149,18 +142,26 @@ impl UploadRule for TokenFilter {
     fn validate(&self) -> Result<()> {
         if self.uncertainty.is_none() && self.importance.is_none() {
             return Err(HlmError::invalid(
-                "upload",
-                "token_filter without conditions",
+                "uncertainty",
+                "absent (and so is importance)",
                 "give `uncertainty`, `importance` or both",
             ));
         }
         if let Some(c) = &self.uncertainty {
-            c.estimator.validate()?;
-            c.threshold.validate()?;
+            c.estimator
+                .validate()
+                .map_err(|e| e.within("uncertainty.estimator"))?;
+            c.threshold
+                .validate()
+                .map_err(|e| e.within("uncertainty.threshold"))?;
         }
         if let Some(c) = &self.importance {
-            c.scorer.validate()?;
-            c.threshold.validate()?;
+            c.scorer
+                .validate()
+                .map_err(|e| e.within("importance.scorer"))?;
+            c.threshold
+                .validate()
+                .map_err(|e| e.within("importance.threshold"))?;
         }
         Ok(())
     }

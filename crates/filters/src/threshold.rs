@@ -1,6 +1,6 @@
 //! Threshold policies: fixed, U-HLM's risk bound, and adaptive per-step importance thresholds.
 
-use hlm_core::{HlmError, Result, ThresholdPolicy};
+use hlm_core::{HlmError, Result, ThresholdPolicy, validate};
 use serde::{Deserialize, Serialize};
 
 /// A constant threshold.
@@ -16,10 +16,7 @@ impl ThresholdPolicy for FixedThreshold {
         Ok(self.value)
     }
     fn validate(&self) -> Result<()> {
-        if !self.value.is_finite() {
-            return Err(HlmError::invalid("value", self.value, "must be finite"));
-        }
-        Ok(())
+        validate::finite("value", self.value.into())
     }
 }
 
@@ -100,10 +97,7 @@ impl ThresholdPolicy for MeanStdThreshold {
         Ok((m + self.lambda as f64 * s) as f32)
     }
     fn validate(&self) -> Result<()> {
-        if !self.lambda.is_finite() {
-            return Err(HlmError::invalid("lambda", self.lambda, "must be finite"));
-        }
-        Ok(())
+        validate::finite("lambda", self.lambda.into())
     }
 }
 
@@ -165,10 +159,7 @@ impl ThresholdPolicy for QuantileThreshold {
         Ok(v[lo] + (v[hi] - v[lo]) * frac)
     }
     fn validate(&self) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.q) {
-            return Err(HlmError::invalid("q", self.q, "a quantile in [0, 1]"));
-        }
-        Ok(())
+        validate::probability("q", self.q.into())
     }
 }
 

@@ -281,7 +281,10 @@ impl PipelineConfig {
                 format!("must be between 1 and {MAX_GAMMA}"),
             ));
         }
-        self.speculation.residual.validate(0)?;
+        self.speculation
+            .residual
+            .validate(0)
+            .map_err(|e| e.within("speculation.residual"))?;
         match (&self.draft, &self.verifier) {
             (None, None) => {
                 return Err(HlmError::invalid(
@@ -309,13 +312,13 @@ impl PipelineConfig {
             _ => {}
         }
         if let Some(u) = &self.upload {
-            u.validate()?;
+            u.validate().map_err(|e| e.within("upload"))?;
         }
         if let Some(l) = &self.link {
-            l.validate()?;
+            l.validate().map_err(|e| e.within("link"))?;
         }
         if let Some(e) = &self.energy {
-            e.validate()?;
+            e.validate().map_err(|e| e.within("energy"))?;
         }
         Ok(())
     }

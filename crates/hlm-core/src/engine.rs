@@ -132,11 +132,11 @@ impl Pipeline {
         }
         let ctx = &ctx;
         let draft = match &cfg.draft {
-            Some(spec) if want_draft => Some(spec.build(ctx)?),
+            Some(spec) if want_draft => Some(spec.build(ctx).map_err(|e| e.within("draft"))?),
             _ => None,
         };
         let verifier = match &cfg.verifier {
-            Some(spec) if want_verifier => Some(spec.build(ctx)?),
+            Some(spec) if want_verifier => Some(spec.build(ctx).map_err(|e| e.within("verifier"))?),
             _ => None,
         };
         Ok((draft, verifier))
@@ -208,7 +208,7 @@ impl Pipeline {
                 ));
             }
             if let Some(c) = &self.codec {
-                c.validate(d.vocab_size())?;
+                c.validate(d.vocab_size()).map_err(|e| e.within("codec"))?;
             }
         }
         Ok(())

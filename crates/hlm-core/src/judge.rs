@@ -55,7 +55,10 @@ impl DraftJudge {
     /// Start a session: its temperature, residual codec and a fresh random stream of its
     /// own, apart from the device's streams of the same seed.
     pub fn begin(&mut self, params: &SessionParams, vocab: usize) -> Result<()> {
-        params.residual.validate(vocab)?;
+        params
+            .residual
+            .validate(vocab)
+            .map_err(|e| e.within("speculation.residual"))?;
         self.temperature = params.temperature;
         self.residual = params.residual;
         self.rng = RandomStream::Verifier.rng(params.seed);

@@ -45,6 +45,7 @@ pub mod stats;
 pub mod streams;
 pub mod tokenizer;
 pub mod types;
+pub mod validate;
 pub mod verify;
 
 pub use batch::{WeightsKey, forward_all_batch, forward_tail_batch};
@@ -75,4 +76,5 @@ pub use tokenizer::{StreamDecoder, TextTokenizer};
 pub use types::{AttentionMap, LayerAttention, LayerSelection, TokenId};
 pub use verify::{
     DraftToken, SessionParams, Verdict, Verifier, VerifierSpec, VerifyOutcome, VerifyRequest,
+    check_tokens_in_vocab, scored_sequence,
 };

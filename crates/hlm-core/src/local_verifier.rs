@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::judge::{DraftJudge, Judged};
+use crate::verify::{check_tokens_in_vocab, scored_sequence};
 use crate::{
     AcceptanceRule, BuildContext, ConfiguredRule, HlmError, Result, SessionParams, TargetModel,
     TargetModelSpec, TextTokenizer, TokenId, Verifier, VerifierSpec, VerifyOutcome, VerifyRequest,
@@ -88,17 +89,7 @@ impl Verifier for LocalVerifier {
         prompt: &[TokenId],
         continuation: &[TokenId],
     ) -> Result<Option<Vec<f64>>> {
-        if prompt.is_empty() {
-            return Err(HlmError::Verifier("empty prompt".into()));
-        }
-        let vocab = self.model.vocab_size();
-        let mut tokens = prompt.to_vec();
-        tokens.extend_from_slice(continuation);
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(HlmError::Verifier(format!(
-                "token {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
+        let tokens = scored_sequence(prompt, continuation, self.model.vocab_size())?;
         if continuation.is_empty() {
             return Ok(Some(Vec::new()));
         }
@@ -138,11 +129,7 @@ impl LocalVerifier {
         let vocab = self.model.vocab_size();
         let mut fed: Vec<TokenId> = req.context.clone();
         fed.extend(req.drafts.iter().map(|d| d.token));
-        if let Some(&bad) = fed.iter().find(|&&t| t as usize >= vocab) {
-            return Err(HlmError::Verifier(format!(
-                "token {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
+        check_tokens_in_vocab(&fed, vocab)?;
         // Refuse a malformed payload before the model state moves (after the pass, an error
         // would leave the KV state holding tokens the caller thinks were refused).
         for d in &req.drafts {
@@ -314,7 +301,7 @@ pub struct LocalVerifierSpec {
 #[typetag::serde(name = "local")]
 impl VerifierSpec for LocalVerifierSpec {
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Verifier>> {
-        let model = self.model.build(ctx)?;
+        let model = self.model.build(ctx).map_err(|e| e.within("model"))?;
         Ok(Box::new(LocalVerifier::new(model, self.rule.rule())))
     }
 }

@@ -46,11 +46,7 @@ impl ResidualCodec {
             ResidualCodec::TopK { k, bits } => {
                 ProbQuantization::from_bits(bits)?;
                 if k == 0 || (vocab > 0 && k > vocab) {
-                    return Err(HlmError::invalid(
-                        "speculation.residual.k",
-                        k,
-                        format!("must be in 1..={vocab}"),
-                    ));
+                    return Err(HlmError::invalid("k", k, format!("must be in 1..={vocab}")));
                 }
                 Ok(())
             }
@@ -234,7 +230,7 @@ mod tests {
                 .validate(4)
                 .unwrap_err()
                 .to_string()
-                .contains("speculation.residual.k")
+                .contains("`k` = 9")
         );
     }
 }

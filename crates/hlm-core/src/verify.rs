@@ -115,6 +115,35 @@ pub trait Verifier: Send {
     }
 }
 
+/// Refuse a token a verifier was given that lies outside its vocabulary of `vocab`, before
+/// any of them reaches the model (an error after the pass would leave its state holding them).
+pub fn check_tokens_in_vocab(tokens: &[TokenId], vocab: usize) -> Result<()> {
+    match tokens.iter().find(|&&t| t as usize >= vocab) {
+        Some(&bad) => Err(crate::HlmError::Verifier(format!(
+            "token {bad} is outside the vocabulary of {vocab}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `prompt` then `continuation`, checked for [`Verifier::log_likelihood`]: a prompt to
+/// condition on, every token inside the vocabulary of `vocab`.
+pub fn scored_sequence(
+    prompt: &[TokenId],
+    continuation: &[TokenId],
+    vocab: usize,
+) -> Result<Vec<TokenId>> {
+    if prompt.is_empty() {
+        return Err(crate::HlmError::Verifier(
+            "nothing to condition on: the prompt is empty".into(),
+        ));
+    }
+    let mut seq = prompt.to_vec();
+    seq.extend_from_slice(continuation);
+    check_tokens_in_vocab(&seq, vocab)?;
+    Ok(seq)
+}
+
 /// Config-selected recipe for a verifier (`[verifier]` table, `type = ...`).
 #[typetag::serde(tag = "type")]
 pub trait VerifierSpec: std::fmt::Debug + Send + Sync {

@@ -95,14 +95,10 @@ impl RemoteVerifierSpec {
 
     fn validate(&self) -> Result<()> {
         for (key, v, min_exclusive) in [
-            ("verifier.connect_timeout_s", self.connect_timeout_s, true),
-            ("verifier.request_timeout_s", self.request_timeout_s, true),
-            ("verifier.retry_delay_s", self.retry_delay_s, false),
-            (
-                "verifier.reconnect_interval_s",
-                self.reconnect_interval_s,
-                false,
-            ),
+            ("connect_timeout_s", self.connect_timeout_s, true),
+            ("request_timeout_s", self.request_timeout_s, true),
+            ("retry_delay_s", self.retry_delay_s, false),
+            ("reconnect_interval_s", self.reconnect_interval_s, false),
         ] {
             check_seconds(key, v, min_exclusive)?;
         }
@@ -133,7 +129,7 @@ pub(crate) fn check_seconds(key: &str, v: f64, min_exclusive: bool) -> Result<()
 pub(crate) fn check_retries(retries: u32) -> Result<()> {
     if retries > MAX_RETRIES {
         return Err(HlmError::invalid(
-            "verifier.retries",
+            "retries",
             retries,
             format!("must be at most {MAX_RETRIES}"),
         ));
@@ -154,7 +150,7 @@ impl VerifierSpec for RemoteVerifierSpec {
             (Some(link), true) => Some(LinkEmulator::new(link.fresh(), 0)?),
             (None, true) => {
                 return Err(HlmError::invalid(
-                    "verifier.emulate_link",
+                    "emulate_link",
                     true,
                     "the pipeline has no [link] to emulate",
                 ));
@@ -222,15 +218,13 @@ impl RemoteVerifier {
             .to_socket_addrs()
             .map_err(|e| {
                 HlmError::invalid(
-                    "verifier.address",
+                    "address",
                     &spec.address,
                     format!("not a HOST:PORT that resolves: {e}"),
                 )
             })?
             .next()
-            .ok_or_else(|| {
-                HlmError::invalid("verifier.address", &spec.address, "resolves to no address")
-            })?;
+            .ok_or_else(|| HlmError::invalid("address", &spec.address, "resolves to no address"))?;
         let mut v = RemoteVerifier {
             spec,
             addr,
@@ -646,15 +640,13 @@ mod tests {
             s.validate().expect_err("refused").to_string()
         };
         for bad in [0.0, -1.0, 1e300, f64::NAN, f64::INFINITY] {
-            assert!(set(&|s| s.connect_timeout_s = bad).contains("verifier.connect_timeout_s"));
-            assert!(set(&|s| s.request_timeout_s = bad).contains("verifier.request_timeout_s"));
+            assert!(set(&|s| s.connect_timeout_s = bad).contains("connect_timeout_s"));
+            assert!(set(&|s| s.request_timeout_s = bad).contains("request_timeout_s"));
         }
         for bad in [-1.0, 1e300, f64::NAN] {
-            assert!(set(&|s| s.retry_delay_s = bad).contains("verifier.retry_delay_s"));
-            assert!(
-                set(&|s| s.reconnect_interval_s = bad).contains("verifier.reconnect_interval_s")
-            );
+            assert!(set(&|s| s.retry_delay_s = bad).contains("retry_delay_s"));
+            assert!(set(&|s| s.reconnect_interval_s = bad).contains("reconnect_interval_s"));
         }
-        assert!(set(&|s| s.retries = 1_000_000).contains("verifier.retries"));
+        assert!(set(&|s| s.retries = 1_000_000).contains("retries"));
     }
 }

@@ -34,11 +34,11 @@ impl HttpClient {
             } else {
                 "must start with http://, e.g. http://127.0.0.1:8080"
             };
-            return Err(HlmError::invalid("verifier.url", &spec.url, why));
+            return Err(HlmError::invalid("url", &spec.url, why));
         };
         if rest.is_empty() || rest.starts_with('/') {
             return Err(HlmError::invalid(
-                "verifier.url",
+                "url",
                 &spec.url,
                 "names no host, e.g. http://127.0.0.1:8080",
             ));

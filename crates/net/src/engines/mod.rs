@@ -232,32 +232,28 @@ impl EngineSpec {
 
     fn validate(&self) -> Result<()> {
         use crate::client::{check_retries, check_seconds};
-        check_seconds("verifier.connect_timeout_s", self.connect_timeout_s, true)?;
-        check_seconds("verifier.request_timeout_s", self.request_timeout_s, true)?;
-        check_seconds("verifier.retry_delay_s", self.retry_delay_s, false)?;
-        check_seconds(
-            "verifier.reconnect_interval_s",
-            self.reconnect_interval_s,
-            false,
-        )?;
+        check_seconds("connect_timeout_s", self.connect_timeout_s, true)?;
+        check_seconds("request_timeout_s", self.request_timeout_s, true)?;
+        check_seconds("retry_delay_s", self.retry_delay_s, false)?;
+        check_seconds("reconnect_interval_s", self.reconnect_interval_s, false)?;
         check_retries(self.retries)?;
         if !(1..=MAX_RESPONSE_MB).contains(&self.max_response_mb) {
             return Err(hlm_core::HlmError::invalid(
-                "verifier.max_response_mb",
+                "max_response_mb",
                 self.max_response_mb,
                 format!("must be 1 to {MAX_RESPONSE_MB}"),
             ));
         }
         if self.residual_tries > MAX_RESIDUAL_TRIES {
             return Err(hlm_core::HlmError::invalid(
-                "verifier.residual_tries",
+                "residual_tries",
                 self.residual_tries,
                 format!("must be at most {MAX_RESIDUAL_TRIES}"),
             ));
         }
         if !(1..=MAX_FALLBACK_TOP_K).contains(&self.fallback_top_k) {
             return Err(hlm_core::HlmError::invalid(
-                "verifier.fallback_top_k",
+                "fallback_top_k",
                 self.fallback_top_k,
                 format!("must be 1 to {MAX_FALLBACK_TOP_K}"),
             ));
@@ -275,7 +271,7 @@ impl EngineSpec {
         let engine = engine(client, self.model.clone());
         if self.distribution == Distribution::Sampled && !engine.answers_points() {
             return Err(hlm_core::HlmError::invalid(
-                "verifier.distribution",
+                "distribution",
                 "sampled",
                 format!(
                     "{} answers whole distributions only: use \"full\"",

@@ -59,7 +59,7 @@ impl SampledJudge {
         let t = params.temperature;
         if !(t <= 0.0 || (t - 1.0).abs() < 1e-6) {
             return Err(HlmError::invalid(
-                "verifier.distribution",
+                "distribution",
                 "sampled",
                 format!(
                     "exact only at temperature 0 or 1, not {t}: the engine's raw probabilities \
@@ -139,7 +139,7 @@ impl SampledJudge {
             };
             if matches!(payload, UploadPayload::DraftProbability { .. }) {
                 return Err(HlmError::invalid(
-                    "verifier.distribution",
+                    "distribution",
                     "sampled",
                     "split verification sends the target's residual down, which needs the \
                      whole distribution: use \"full\"",

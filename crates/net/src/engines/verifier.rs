@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use hlm_core::{
     AcceptanceRule, DraftJudge, HlmError, Result, SessionParams, SpeculativeSampling,
-    TextTokenizer, TokenId, Verifier, VerifyOutcome, VerifyRequest,
+    TextTokenizer, TokenId, Verifier, VerifyOutcome, VerifyRequest, check_tokens_in_vocab,
+    scored_sequence,
 };
 
 use super::sampled::SampledJudge;
@@ -267,14 +268,7 @@ impl<E: Engine> Verifier for EngineVerifier<E> {
         seq.extend(&req.context);
         let base = seq.len();
         seq.extend(req.drafts.iter().map(|d| d.token));
-        if let Some(&bad) = seq[self.history.len()..]
-            .iter()
-            .find(|&&t| t as usize >= vocab)
-        {
-            return Err(HlmError::Verifier(format!(
-                "token {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
+        check_tokens_in_vocab(&seq[self.history.len()..], vocab)?;
         for d in &req.drafts {
             if let Some(p) = &d.payload {
                 p.validate(d.token, vocab)?;
@@ -333,17 +327,8 @@ impl<E: Engine> Verifier for EngineVerifier<E> {
         prompt: &[TokenId],
         continuation: &[TokenId],
     ) -> Result<Option<Vec<f64>>> {
-        if prompt.is_empty() {
-            return Err(HlmError::Verifier("empty prompt".into()));
-        }
         let vocab = self.checked_info(0)?;
-        let mut seq = prompt.to_vec();
-        seq.extend_from_slice(continuation);
-        if let Some(&bad) = seq.iter().find(|&&t| t as usize >= vocab) {
-            return Err(HlmError::Verifier(format!(
-                "token {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
+        let seq = scored_sequence(prompt, continuation, vocab)?;
         self.history.clear();
         let name = self.engine.describe();
         let mut out = Vec::with_capacity(continuation.len());
