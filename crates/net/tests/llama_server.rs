@@ -342,9 +342,9 @@ fn greedy_hybrid_output_is_llama_servers_own_greedy_output() {
     }
 }
 
-/// The p-value of the first `n` (1 or 2) generated tokens of `runs` seeds of `text` against
-/// the tiny model's own law after the prompt (computed in this process, exact arithmetic),
-/// and the runs' summed replacement counts.
+/// The p-value of the `n`-th (1 or 2) generated token of `runs` seeds of `text` against the
+/// tiny model's own law after the prompt (the second token's marginal law: Σ_a y(a) y(· | a);
+/// computed in this process, exact arithmetic), and the runs' summed counts.
 fn law_p_value(server: &LlamaServer, text: &str, n: usize, runs: u64) -> (f64, hlm_core::RunStats) {
     let mut t = hlm_backends::Transformer::load_with(
         &server.gguf,
@@ -359,17 +359,20 @@ fn law_p_value(server: &LlamaServer, text: &str, n: usize, runs: u64) -> (f64, h
     };
     let first = next(PROMPT);
     let vocab = first.len();
-    // law[i]: the probability of the sequence numbered i (first token major).
+    // law[t]: the probability that the n-th token is t.
     let law: Vec<f64> = match n {
         1 => first.iter().map(|&p| p as f64).collect(),
-        2 => (0..vocab)
-            .flat_map(|a| {
+        2 => {
+            let mut law = vec![0.0f64; vocab];
+            for (a, &pa) in first.iter().enumerate() {
                 let mut prefix = PROMPT.to_vec();
                 prefix.push(a as TokenId);
-                let pa = first[a] as f64;
-                next(&prefix).into_iter().map(move |p| pa * p as f64)
-            })
-            .collect(),
+                for (l, p) in law.iter_mut().zip(next(&prefix)) {
+                    *l += pa as f64 * p as f64;
+                }
+            }
+            law
+        }
         _ => unreachable!("1 or 2 tokens"),
     };
     let mut p = pipeline(text, &[format!("generation.max_new_tokens={n}")]);
@@ -378,11 +381,7 @@ fn law_p_value(server: &LlamaServer, text: &str, n: usize, runs: u64) -> (f64, h
     for seed in 0..runs {
         p.generation.seed = seed;
         let r = p.generate(PROMPT, &mut |_| {}).expect("run");
-        let idx = r
-            .generated_ids
-            .iter()
-            .fold(0usize, |i, &t| i * vocab + t as usize);
-        counts[idx] += 1;
+        counts[r.generated_ids[n - 1] as usize] += 1;
         stats.resamples += r.stats.resamples;
         stats.bonus_tokens += r.stats.bonus_tokens;
         stats.residual_exact += r.stats.residual_exact;
@@ -461,6 +460,32 @@ fn sampled_distribution_mode_is_lossless() {
             assert!(st.residual_max_missing_mass < 1e-3, "{what}: {st:?}");
         }
     }
+}
+
+/// Bonus tokens drawn by llama-server (`distribution = "sampled"`) follow the target's law:
+/// with the served weights as the draft model nearly every draft is accepted, so the second
+/// token is nearly always the engine's bonus draw after the first, and its marginal law must
+/// be Σ_a y(a) y(· | a).
+#[test]
+fn engine_drawn_bonus_tokens_follow_the_target_distribution() {
+    let Some(server) = start() else { return };
+    let v = engine_verifier(&server.url, "distribution = \"sampled\"");
+    // `config`'s draft model is the tiny LLaMA fixture: the weights llama-server serves.
+    // Dense uploads: the verifier tests against the draft's whole x, which here is y (a
+    // token-only upload would be tested as a point mass and mostly rejected).
+    let text = config(
+        &v,
+        "type = \"always\"",
+        "type = \"dense\"\nbits = 32",
+        "[speculation]\ngamma = 1\nbonus_token = true",
+    );
+    let runs = 1500;
+    let (p, st) = law_p_value(&server, &text, 2, runs);
+    assert!(p > 1e-3, "p = {p}");
+    assert!(
+        st.bonus_tokens > runs * 9 / 10,
+        "bonus tokens must be drawn: {st:?}"
+    );
 }
 
 /// A fallback that knows only the top 8 of 64 records what it did not know, and the run
