@@ -116,3 +116,67 @@ fn sglang_request_and_answer_follow_the_schema() {
     assert_eq!(sorted(s.rows), f.rows);
     assert_eq!(s.computed_positions, Some(1));
 }
+
+/// vLLM's point queries of `distribution = "sampled"`: a drafted token's own probability (the
+/// last `prompt_logprobs` entry, where vLLM adds the token beside the top k) and a draw at
+/// temperature 1, each read back as the fixture says, with the asked top k only.
+#[test]
+fn vllm_point_queries_follow_the_schema() {
+    use hlm_net::engines::PointQuery;
+    for name in ["vllm-point-token.json", "vllm-point-sample.json"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture"))
+            .expect("fixture JSON");
+        let query = match (v["query"]["token"].as_u64(), v["query"]["sample"].as_u64()) {
+            (Some(t), _) => PointQuery::Token(t as TokenId),
+            (_, Some(seed)) => PointQuery::Sample(seed),
+            _ => panic!("{name}: no query"),
+        };
+        let prefix: Vec<TokenId> = serde_json::from_value(v["prefix"].clone()).unwrap();
+        let top = v["top"].as_u64().unwrap() as usize;
+        assert_eq!(
+            vllm::point_request("tiny", &prefix, query, top),
+            v["request"],
+            "{name}"
+        );
+        let p = vllm::parse_point(v["response"].clone(), query, prefix.len(), top)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = &v["point"];
+        assert_eq!(
+            u64::from(p.token),
+            want["token"].as_u64().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            p.logprob,
+            want["logprob"].as_f64().unwrap() as f32,
+            "{name}"
+        );
+        let top_want: Vec<(TokenId, f32)> = serde_json::from_value(want["top"].clone()).unwrap();
+        assert_eq!(p.top, top_want, "{name}");
+        assert_eq!(
+            p.computed_positions,
+            want["computed_positions"].as_u64(),
+            "{name}"
+        );
+    }
+    // Answers that do not hold what was asked are refused by name.
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vllm-point-token.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let token = |r: Value, t: TokenId, prefix: usize| {
+        vllm::parse_point(r, PointQuery::Token(t), prefix, 2)
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = token(v["response"].clone(), 0, 2);
+    assert!(e.contains("no log-probability of token 0"), "{e}");
+    let e = token(v["response"].clone(), 1, 3);
+    assert!(e.contains("3 prompt positions scored for 4"), "{e}");
+    let e = vllm::parse_point(v["response"].clone(), PointQuery::Sample(1), 2, 2)
+        .expect_err("no logprobs")
+        .to_string();
+    assert!(e.contains("no logprobs of the generated token"), "{e}");
+}

@@ -11,6 +11,14 @@
 //! ```sh
 //! vllm serve Qwen/Qwen2.5-Coder-1.5B-Instruct --max-logprobs -1 --port 8000
 //! ```
+//!
+//! `distribution = "sampled"` asks small questions instead ([`point_request`]): a drafted
+//! token's own log-probability is the last entry of `prompt_logprobs` over the prefix and the
+//! token (vLLM always includes the prompt token itself beside the top k), and a draw is one
+//! generated token at temperature 1 without truncation (`top_k = -1`, `top_p = 1`,
+//! `min_p = 0`) under the request's `seed`, with its log-probability. Answers are a few
+//! entries, not the vocabulary, so `--max-logprobs` can stay small (at least the
+//! verifier's `fallback_top_k`).
 
 use std::collections::HashMap;
 
@@ -19,7 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::HttpClient;
-use super::{Engine, EngineInfo, Scored, SparseRow};
+use super::{Engine, EngineInfo, Point, PointQuery, Scored, SparseRow};
 
 /// A vLLM server.
 pub struct Vllm {
@@ -69,12 +77,21 @@ struct Choice {
 #[derive(Deserialize)]
 struct PromptLogprob {
     logprob: f32,
+    /// 1 for the most likely token (the prompt token itself may rank below the top k).
+    #[serde(default)]
+    rank: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct ChoiceLogprobs {
     /// One map per generated token: `token_id:N` → log-probability.
     top_logprobs: Vec<Option<HashMap<String, f32>>>,
+    /// The generated tokens, `token_id:N`.
+    #[serde(default)]
+    tokens: Vec<String>,
+    /// Their log-probabilities.
+    #[serde(default)]
+    token_logprobs: Vec<Option<f32>>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +168,126 @@ fn scored(c: Completions, n: usize, from: usize) -> Result<Scored> {
     })
 }
 
+/// The body of a [`PointQuery`] after `prefix`, with the `top` most likely tokens.
+pub fn point_request(
+    model: &str,
+    prefix: &[TokenId],
+    query: PointQuery,
+    top: usize,
+) -> serde_json::Value {
+    let mut body = json!({
+        "model": model,
+        "prompt": prefix,
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "return_tokens_as_token_ids": true,
+        "add_special_tokens": false,
+    });
+    match query {
+        PointQuery::Token(t) => {
+            let mut prompt = prefix.to_vec();
+            prompt.push(t);
+            body["prompt"] = json!(prompt);
+            body["prompt_logprobs"] = json!(top);
+        }
+        PointQuery::Greedy => body["logprobs"] = json!(top),
+        PointQuery::Sample(seed) => {
+            body["logprobs"] = json!(top);
+            body["temperature"] = json!(1.0);
+            body["top_p"] = json!(1.0);
+            body["top_k"] = json!(-1);
+            body["min_p"] = json!(0.0);
+            // vLLM's seeds are 64-bit signed.
+            body["seed"] = json!(seed >> 1);
+        }
+    }
+    body
+}
+
+/// The answer to [`point_request`] (`prefix_len` tokens before the query).
+pub fn parse_point(
+    answer: serde_json::Value,
+    query: PointQuery,
+    prefix_len: usize,
+    top: usize,
+) -> Result<Point> {
+    let c: Completions = serde_json::from_value(answer).map_err(|e| bad(e.to_string()))?;
+    let computed_positions = c.usage.as_ref().and_then(|u| u.prompt_tokens);
+    let choice = c
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("no choice".into()))?;
+    let (token, logprob, mut entries): (TokenId, f32, SparseRow) = match query {
+        PointQuery::Token(t) => {
+            let prompt = choice
+                .prompt_logprobs
+                .ok_or_else(|| bad("no prompt_logprobs".into()))?;
+            if prompt.len() != prefix_len + 1 {
+                return Err(bad(format!(
+                    "{} prompt positions scored for {}",
+                    prompt.len(),
+                    prefix_len + 1
+                )));
+            }
+            let last = prompt
+                .into_iter()
+                .last()
+                .flatten()
+                .ok_or_else(|| bad("the asked token has no log-probability".into()))?;
+            let mut own = None;
+            let mut entries = SparseRow::new();
+            for (id, lp) in last {
+                let id = parse_id(&id, "").map_err(bad)?;
+                if id == t {
+                    own = Some(lp.logprob);
+                }
+                if lp.rank.is_none_or(|r| r as usize <= top) {
+                    entries.push((id, lp.logprob));
+                }
+            }
+            let own = own.ok_or_else(|| bad(format!("no log-probability of token {t}")))?;
+            (t, own, entries)
+        }
+        PointQuery::Greedy | PointQuery::Sample(_) => {
+            let l = choice
+                .logprobs
+                .ok_or_else(|| bad("no logprobs of the generated token".into()))?;
+            let token = l
+                .tokens
+                .first()
+                .ok_or_else(|| bad("no generated token".into()))?;
+            let token = parse_id(token, "token_id:").map_err(bad)?;
+            let logprob = l
+                .token_logprobs
+                .first()
+                .copied()
+                .flatten()
+                .ok_or_else(|| bad("the generated token has no log-probability".into()))?;
+            let entries = l
+                .top_logprobs
+                .into_iter()
+                .next()
+                .flatten()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, lp)| Ok((parse_id(&id, "token_id:").map_err(bad)?, lp)))
+                .collect::<Result<SparseRow>>()?;
+            (token, logprob, entries)
+        }
+    };
+    // vLLM adds the asked or generated token beside the top k: keep the k most likely.
+    entries.sort_by(|a, b| b.1.total_cmp(&a.1));
+    entries.truncate(top);
+    Ok(Point {
+        token,
+        logprob,
+        top: entries,
+        computed_positions,
+        compute_s: None,
+    })
+}
+
 /// A token id written as `N` (prompt log-probabilities) or `token_id:N`.
 fn parse_id(key: &str, prefix: &str) -> std::result::Result<TokenId, String> {
     key.strip_prefix(prefix)
@@ -215,5 +352,18 @@ impl Engine for Vllm {
             .http
             .post("/v1/completions", &completions_request(&model, tokens))?;
         scored(answer, tokens.len(), from)
+    }
+
+    fn answers_points(&self) -> bool {
+        true
+    }
+
+    fn point(&mut self, prefix: &[TokenId], query: PointQuery, top: usize) -> Result<Point> {
+        let model = self.model_name()?;
+        let answer: serde_json::Value = self.http.post(
+            "/v1/completions",
+            &point_request(&model, prefix, query, top),
+        )?;
+        parse_point(answer, query, prefix.len(), top)
     }
 }
