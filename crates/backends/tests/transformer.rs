@@ -711,7 +711,10 @@ fn gguf_embedded_tokenizer_encodes_and_decodes() {
     let ids = tok.encode(text).expect("encode");
     assert_eq!(ids, expected);
     assert_eq!(tok.decode(&ids).expect("decode"), text);
-    assert_eq!(tok.eos_ids(), &[2]);
+    // The file's end of sequence, then `<|endoftext|>` by its control text (a completion
+    // ends there, as Hugging Face's generation config and llama.cpp stop); `<|im_start|>` is
+    // control too but ends nothing.
+    assert_eq!(tok.eos_ids(), &[2, 0]);
     assert_eq!(tok.vocab_size(), 64);
     let plain = Transformer::load(&path, &Device::flex()).expect("loads");
     assert!(plain.tokenizer().is_none(), "no tokenizer metadata");

@@ -397,7 +397,18 @@ impl<'a> Bench<'a> {
                 let passed = match &self.tasks {
                     Some((problems, sandbox)) => match problems.get(&prompt.id) {
                         Some(problem) => {
-                            let verdict = sandbox.check(problem, &text)?;
+                            // The completion ends at its first end of generation (with
+                            // `stop_at_eos = false` the run goes on past it).
+                            let ids = &report.generated_ids;
+                            let end = match &p.tokenizer {
+                                Some(t) => ids
+                                    .iter()
+                                    .position(|id| t.eos_ids().contains(id))
+                                    .unwrap_or(ids.len()),
+                                None => ids.len(),
+                            };
+                            let completion = Self::decode(p, &ids[..end])?;
+                            let verdict = sandbox.check(problem, &completion)?;
                             tracing::debug!("{name} {} seed {seed}: {verdict:?}", prompt.id);
                             Some(verdict.passed())
                         }

@@ -382,11 +382,37 @@ pub fn load_tokenizer(
     Ok(Some(Arc::new(tok)))
 }
 
+/// Control tokens that end a generation whichever the file names as its end of sequence:
+/// an instruct model ends a chat turn with `<|im_end|>` (its GGUF `eos_token_id`) but a
+/// completion with `<|endoftext|>`. Hugging Face's `generation_config.json` of Qwen2.5
+/// lists both; llama.cpp stops at control tokens of these texts too.
+const END_OF_GENERATION: [&str; 6] = [
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+];
+
 fn gguf_eos(file: &GgufFile) -> Result<Vec<TokenId>> {
     let mut eos = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
         if file.has_key(key) {
             eos.push(file.get_u32(key)?);
+        }
+    }
+    if file.has_key("tokenizer.ggml.tokens") && file.has_key("tokenizer.ggml.token_type") {
+        let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
+        let types = file.get_i32_array("tokenizer.ggml.token_type")?;
+        for (id, (text, ty)) in tokens.iter().zip(&types).enumerate() {
+            let id = id as TokenId;
+            if *ty == TOKEN_TYPE_CONTROL
+                && END_OF_GENERATION.contains(&text.as_str())
+                && !eos.contains(&id)
+            {
+                eos.push(id);
+            }
         }
     }
     eos.dedup();
