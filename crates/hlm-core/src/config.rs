@@ -42,6 +42,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::validate;
 use crate::{
     DraftModelSpec, EnergyModel, HlmError, LinkModel, ResidualCodec, Result, UploadCodec,
     UploadRule, VerifierSpec,
@@ -258,13 +259,8 @@ impl PipelineConfig {
                 "must be a finite number >= 0 (0 = greedy)",
             ));
         }
-        if !(1..=MAX_GAMMA).contains(&self.speculation.gamma) {
-            return Err(HlmError::invalid(
-                "speculation.gamma",
-                self.speculation.gamma,
-                format!("must be between 1 and {MAX_GAMMA}"),
-            ));
-        }
+        let max = MAX_GAMMA as f64;
+        validate::in_range("speculation.gamma", self.speculation.gamma as f64, 1.0, max)?;
         if self.speculation.adaptive && self.speculation.filter_action != FilterAction::StopDrafting
         {
             return Err(HlmError::invalid(
@@ -274,13 +270,8 @@ impl PipelineConfig {
                  tokens are free, which the draft-length model does not count",
             ));
         }
-        if !(1..=MAX_GAMMA).contains(&self.speculation.max_deferred) {
-            return Err(HlmError::invalid(
-                "speculation.max_deferred",
-                self.speculation.max_deferred,
-                format!("must be between 1 and {MAX_GAMMA}"),
-            ));
-        }
+        let deferred = self.speculation.max_deferred as f64;
+        validate::in_range("speculation.max_deferred", deferred, 1.0, max)?;
         self.speculation
             .residual
             .validate(0)
